@@ -1,0 +1,70 @@
+"""Fold BatchNorm (eval statistics) into the dense or conv layer that feeds it.
+
+y = gamma * (W x + b - mean) / sqrt(var + eps) + beta
+  = (W * s) x + (b - mean) * s + beta,   s = gamma / sqrt(var + eps)  (per output channel)
+
+`fold_batchnorm` returns the folded spec (norm layers removed, each folded layer gains a
+bias whose source key sits beside its kernel's) and the folded canonical weights. The
+folded spec matches the spec traced from the same architecture built without BatchNorm
+(e.g. `ResNet(norm=False)`), so the folded weights load into that module directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from wsl.weights.convert import check_weights
+from wsl.weights.spec import NetSpec, Residual
+
+
+def _bias_key(kernel_key: str) -> str:
+    for sep in ("/", "."):
+        head, s, tail = kernel_key.rpartition(sep)
+        if s and tail in ("kernel", "weight"):
+            return f"{head}{sep}bias"
+    return kernel_key + "_bias"
+
+
+def fold_batchnorm(spec: NetSpec, weights) -> tuple[NetSpec, tuple]:
+    """Fold every BatchNorm whose input is a dense/conv layer's output into that layer."""
+    check_weights(spec, weights)
+    fold_into = {}  # norm index -> producer index
+    for i, layer in enumerate(spec.layers):
+        if layer.kind == "norm":
+            src = layer.src
+            if src < 0 or spec.layers[src].kind not in ("dense", "conv"):
+                raise ValueError(
+                    f"BatchNorm {layer.name!r} does not follow a dense or conv "
+                    f"layer (src {src}); it cannot be folded"
+                )
+            fold_into[i] = src
+    by_src = {s: n for n, s in fold_into.items()}
+    keep = [i for i in range(len(spec.layers)) if i not in fold_into]
+    new_index = {old: new for new, old in enumerate(keep)}
+    for n, s in fold_into.items():
+        new_index[n] = new_index[s]
+
+    def remap(i: int) -> int:
+        return -1 if i < 0 else new_index[i]
+
+    layers, out = [], []
+    for i in keep:
+        layer, arrays = spec.layers[i], dict(weights[i])
+        if i in by_src:
+            bn, norm = spec.layers[by_src[i]], weights[by_src[i]]
+            s = norm["scale"] / jnp.sqrt(norm["var"] + bn.eps)
+            b = arrays.get("bias", 0.0)
+            arrays = {"kernel": arrays["kernel"] * s, "bias": (b - norm["mean"]) * s + norm["bias"]}
+            params = dict(layer.params)
+            params.setdefault("bias", _bias_key(params["kernel"]))
+            shapes = dict(layer.shapes)
+            shapes["bias"] = (layer.out_features,)
+            layer = dataclasses.replace(
+                layer, params=tuple(params.items()), shapes=tuple(shapes.items())
+            )
+        layers.append(dataclasses.replace(layer, src=remap(layer.src)))
+        out.append(arrays)
+    residuals = tuple(Residual(remap(r.src), remap(r.dst), r.offset) for r in spec.residuals)
+    return dataclasses.replace(spec, layers=tuple(layers), residuals=residuals), tuple(out)
