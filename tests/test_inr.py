@@ -1,0 +1,133 @@
+"""INR sets: the SIREN variant, batched fitting, resumable generation, loading."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if not os.environ.get("WSL_DATA_DIR"):
+    os.environ["WSL_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
+
+from wsl.data import images, inr  # noqa: E402
+from wsl.nn.subjects import SIREN  # noqa: E402
+
+if not (pathlib.Path(os.environ["WSL_DATA_DIR"]) / "mnist").is_dir():
+    pytest.skip("offline MNIST not found; set WSL_DATA_DIR", allow_module_level=True)
+
+
+def smoke_config(**kw):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "inr_mnist", ROOT / "experiments" / "inr_mnist.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = ml_collections.ConfigDict(mod.get_config("smoke").to_dict())
+    c.update(kw)
+    return c
+
+
+def test_fast_sin_matches_sin():
+    x = jnp.linspace(-3000.0, 3000.0, 100001)
+    ref = np.sin(np.asarray(x, np.float64))
+    assert float(jnp.max(jnp.abs(inr.fast_sin(x) - ref))) < 1e-6
+    g = jax.grad(lambda v: jnp.sum(inr.fast_sin(v)))(x[:1000])
+    np.testing.assert_allclose(g, np.cos(np.asarray(x[:1000], np.float64)), atol=1e-6)
+
+
+def test_siren_variant_as_documented():
+    m = inr.siren_module(1)
+    c = inr.coordinates(28, 28)
+    assert c.shape == (784, 2) and float(c.min()) == -1.0 and float(c.max()) == 1.0
+    np.testing.assert_allclose(c[1], [jnp.linspace(-1, 1, 28)[1], -1.0])  # x = column
+    p = m.init(jax.random.key(0), c)["params"]
+    assert m.omega_0 == 30.0 and [p[f"dense{i}"]["kernel"].shape for i in range(3)] == [
+        (2, 32),
+        (32, 32),
+        (32, 1),
+    ]
+    assert float(jnp.abs(p["dense0"]["kernel"]).max()) <= 0.5  # U(-1/in, 1/in), in = 2
+    assert float(jnp.abs(p["dense1"]["kernel"]).max()) <= np.sqrt(6 / 32) / 30
+    assert float(jnp.abs(p["dense0"]["bias"]).max()) <= 1 / np.sqrt(2)
+    assert float(jnp.abs(p["dense0"]["bias"]).max()) > 0  # torch-default biases, not zero
+    np.testing.assert_allclose(inr.siren_apply(p, c), m.apply({"params": p}, c), atol=1e-5)
+    assert inr.siren_spec(1).num_params == 1185
+
+
+def test_k_inrs_together_equal_each_alone():
+    d = images.load("mnist")
+    t = jnp.asarray(images.preprocess(d.train_x[:3], "unit").reshape(3, 784, 1))
+    keys = jnp.stack([inr.inr_key(0, i) for i in range(3)])
+    m, c = inr.siren_module(1), inr.coordinates(28, 28)
+    p3, psnr3 = inr.fit_sirens(keys, t, c, module=m, steps=30, lr=1e-3)
+    for i in range(3):
+        p1, psnr1 = inr.fit_sirens(keys[i : i + 1], t[i : i + 1], c, module=m, steps=30, lr=1e-3)
+        for a, b in zip(jax.tree.leaves(p3), jax.tree.leaves(p1), strict=True):
+            np.testing.assert_allclose(a[i], b[0], atol=1e-5)
+        np.testing.assert_allclose(psnr3[i], psnr1[0], atol=1e-3)
+    assert float(psnr3.mean()) > 12.0  # fitting makes progress in 30 steps
+
+
+def test_inr_set_roundtrip(tmp_path):
+    cfg = smoke_config()
+    assert inr.generate_inr_set(cfg, tmp_path, log=lambda s: None)
+    stats = inr.assemble_inr_set(cfg, tmp_path)
+    s = inr.load_inr_set(tmp_path)
+    assert len(s) == cfg.num_train + cfg.num_test == stats["n"]
+    d = images.load("mnist")
+    np.testing.assert_array_equal(s.label[: cfg.num_train], d.train_y[: cfg.num_train])
+    np.testing.assert_array_equal(s.label[cfg.num_train :], d.test_y[: cfg.num_test])
+    assert set(s.split.tolist()) == {0, 1}
+    # the stored PSNR is reproduced by SIREN.apply (jnp.sin) on the loaded weights
+    c = inr.coordinates(28, 28)
+    for i in (0, len(s) - 1):
+        img = d.train_x[i] if s.split[i] == 0 else d.test_x[s.image_index[i]]
+        target = images.preprocess(img[None], "unit").reshape(784, 1)
+        out = SIREN().apply(s.variables(i), c)
+        psnr = float(inr.psnr(jnp.mean(jnp.square(out - target))))
+        assert abs(psnr - float(s.psnr[i])) < 0.05
+    assert (tmp_path / "layout.csv").read_text().startswith(",varname,start_idx")
+
+
+def test_fit_inrs_resumes_after_sigkill(tmp_path):
+    out = tmp_path / "inrs"
+    args = [
+        sys.executable,
+        "scripts/fit_inrs.py",
+        "--config=experiments/inr_mnist.py:smoke",
+        f"--out={out}",
+        "--config.num_train=24",
+        "--config.num_test=8",
+        "--config.inrs_per_shard=8",
+        "--config.steps=20",
+        "--workers=1",
+    ]
+    p = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "shards").glob("shard_*.npz")):
+        if p.poll() is not None:
+            pytest.fail(p.stdout.read())
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = {f.name: f.stat().st_mtime_ns for f in (out / "shards").glob("shard_*.npz")}
+    assert 1 <= len(done) < 4
+    q = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stdout + q.stderr
+    assert f"{4 - len(done)} of 4 shards to fit" in q.stdout + q.stderr
+    for name, mtime in done.items():
+        assert (out / "shards" / name).stat().st_mtime_ns == mtime
+    s = inr.load_inr_set(out)
+    assert len(s) == 32 and np.isfinite(s.psnr).all()
