@@ -78,6 +78,84 @@ TABLES: dict[str, Table] = {
     ),
 }
 
+# Redundant blocks (issue #8): one run per model x approximation; the curves, the per-k
+# table and the similarity heat maps land in results/redundancy_{curves,similarity_*}.*.
+TABLES["redundancy"] = Table(
+    title="Redundant blocks (Cannistraci et al. 2024): test accuracy with k = ceil(0.2 x "
+    "blocks) replaced (ResNet56 6/27, ResNet20 2/9, ViT 2/6), no fine-tuning; pretrained "
+    "ResNets on the CIFAR-10 JPEG copy, a ViT trained here on MNIST",
+    runs=tuple(
+        Run(
+            approx,
+            data,
+            "experiments/redundancy.py",
+            metric,
+            overrides=(f"model={model}", f"approx={approx}"),
+            seeds=(0, 1, 2) if approx == "Random" else (0,),
+        )
+        for model, data in (
+            ("resnet56", "CIFAR10-ResNet56"),
+            ("resnet20", "CIFAR10-ResNet20"),
+            ("vit", "MNIST-ViT"),
+        )
+        for approx in ("Original", "RBA", "RBA+head", "Random", "Identity", "Drop+head")
+        for metric in ("test_accuracy", "accuracy_drop", "params_removed_frac")
+    ),
+)
+
+# Canonicalisation (issue #9): one run per canon.kind; its rows share the run's folder.
+# No paper values: the paper fine-tunes ImageNet ResNet50/ViT, not these setups.
+for _name, _data, _what in (
+    ("mnist", "MNIST-C4", "a CNN trained here"),
+    ("cifar10", "CIFAR10-C4", "akamaster's pretrained ResNet20 (JPEG copy)"),
+):
+    TABLES[f"canon_{_name}"] = Table(
+        title=f"Canonicalisation on C4-rotated {_data[:-3]}, predictor = {_what}: accuracy on "
+        "upright / randomly C4-rotated test images, identity rate on upright ones, "
+        "inference images/s. LC-GCNN = equivariant canonicaliser (Kaba et al. 2023); "
+        "LC-Opt = non-equivariant canonicaliser (Panigrahi & Mondal 2024)",
+        runs=tuple(
+            Run(method, _data, f"experiments/canon_{_name}.py", metric, (f"canon.kind={kind}",))
+            for method, kind in (
+                ("Predictor", "none"),
+                ("Predictor+TTA", "tta"),
+                ("LC-GCNN", "equivariant"),
+                ("LC-Opt", "optimized"),
+            )
+            for metric in ("upright_accuracy", "rotated_accuracy", "identity_rate", "images_per_s")
+            if metric != "identity_rate" or kind in ("equivariant", "optimized")
+        ),
+    )
+
+
+# Neural metamorphosis (issue #7): one run per mode; the four compressions of a mode are
+# metrics of the same run (shared folder). Paper values: NeuMeta Table (ResNet20, lossless
+# CIFAR-10), as fractions.
+TABLES["metamorph_resnet"] = Table(
+    title="Neural metamorphosis, ResNet20 on the CIFAR-10 JPEG copy: test accuracy at "
+    "compression 0/25/50/75 % of the last block's inner width (64/48/32/16; 75 % never "
+    "trained). NeuMeta = INR generating the last block (Yang & Wang 2024); Sliced = "
+    "pretrained net with the channels cut; Individual = trained from scratch at that width",
+    runs=tuple(
+        Run(method, "CIFAR10-JPEG", "experiments/metamorph_resnet.py", metric, (f"mode={mode}",))
+        for method, mode in (
+            ("Individual", "individual"),
+            ("Sliced", "sliced"),
+            ("NeuMeta", "neumeta"),
+        )  # fmt: skip
+        for metric in ("acc_c0", "acc_c25", "acc_c50", "acc_c75")
+        + (("acc_full_noiseless", "pretrained_acc", "recon_rel_error") if mode == "neumeta" else ())
+    ),
+    paper=tuple(
+        Paper(method, "CIFAR10-JPEG", f"acc_c{c}", v / 100)
+        for method, values in (
+            ("NeuMeta", (91.76, 91.32, 90.56, 89.56)),
+            ("Individual", (92.60, 90.65, 89.57, 87.04)),
+        )  # fmt: skip
+        for c, v in zip((0, 25, 50, 75), values, strict=True)
+    ),
+)
+
 
 # ----------------------------------------------------------------------------- records
 

@@ -68,3 +68,65 @@ def fold_batchnorm(spec: NetSpec, weights) -> tuple[NetSpec, tuple]:
         out.append(arrays)
     residuals = tuple(Residual(remap(r.src), remap(r.dst), r.offset) for r in spec.residuals)
     return dataclasses.replace(spec, layers=tuple(layers), residuals=residuals), tuple(out)
+
+
+def _orphan_norms(spec: NetSpec) -> list[int]:
+    """BatchNorm layers with no dense/conv output to fold into: their input is the
+    network input, another norm, or a residual sum (the output of a residual's dst)."""
+    summed = {r.dst for r in spec.residuals}
+    return [
+        i
+        for i, layer in enumerate(spec.layers)
+        if layer.kind == "norm"
+        and (
+            layer.src < 0
+            or spec.layers[layer.src].kind not in ("dense", "conv")
+            or layer.src in summed
+        )
+    ]
+
+
+def batchnorm_to_conv(spec: NetSpec, weights, kernel_shape=(1, 1)) -> tuple[NetSpec, tuple]:
+    """Re-parameterise every BatchNorm that has no dense/conv to fold into (HTTY,
+    Sommariva et al. 2025) as the equivalent 1x1 conv: kernel diag(s) with
+    s = gamma / sqrt(var + eps), bias beta - mean * s. The new conv layer keeps the
+    norm's channel group on both axes; its arrays' source keys sit beside the norm's
+    parameters (`<module>/kernel`, `<module>/bias`), so the weights load into the same
+    architecture with `nn.Conv(C, kernel_shape, name=<the norm's name>)` in its place.
+    `kernel_shape=()` gives a dense layer instead (for (N, C) features)."""
+    check_weights(spec, weights)
+    orphans = set(_orphan_norms(spec))
+    layers, out = [], []
+    for i, (layer, arrays) in enumerate(zip(spec.layers, weights, strict=True)):
+        if i not in orphans:
+            layers.append(layer)
+            out.append(arrays)
+            continue
+        c = layer.out_features
+        s = arrays["scale"] / jnp.sqrt(arrays["var"] + layer.eps)
+        bias = arrays["bias"] - arrays["mean"] * s
+        kernel = jnp.diag(s).reshape(*(1,) * len(kernel_shape), c, c)
+        base = dict(layer.params).get("bias") or dict(layer.params)["scale"]
+        head = base.rpartition("/")[0] if "/" in base else base.rpartition(".")[0]
+        sep = "/" if "/" in base else "."
+        kind = "conv" if kernel_shape else "dense"
+        layers.append(
+            dataclasses.replace(
+                layer,
+                kind=kind,
+                in_features=c,
+                kernel_shape=tuple(kernel_shape),
+                params=(("kernel", f"{head}{sep}kernel"), ("bias", f"{head}{sep}bias")),
+                shapes=(("kernel", tuple(kernel.shape)), ("bias", (c,))),
+                in_group=layer.out_group,
+            )
+        )
+        out.append({"kernel": kernel, "bias": bias})
+    return dataclasses.replace(spec, layers=tuple(layers)), tuple(out)
+
+
+def reparameterize_batchnorm(spec: NetSpec, weights) -> tuple[NetSpec, tuple]:
+    """Remove every BatchNorm: fold it into the dense/conv that feeds it, or, where there
+    is none, turn it into the equivalent 1x1 conv (`batchnorm_to_conv`)."""
+    spec, weights = batchnorm_to_conv(spec, weights)
+    return fold_batchnorm(spec, weights)

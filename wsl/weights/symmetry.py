@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wsl.weights.convert import check_weights
 from wsl.weights.spec import NetSpec
@@ -183,3 +184,136 @@ def sign_flip(spec: NetSpec, weights, key: jax.Array) -> tuple:
 def random_symmetry(spec: NetSpec, weights, key: jax.Array) -> tuple:
     """Permutation plus every scaling the spec allows: the full augmentation."""
     return apply_transform(spec, weights, random_transform(spec, key, scale="max"))
+
+
+# --------------------------------------------------------------------------------------
+# Permutation smoothing (NeuMeta, Yang & Wang 2024): order each channel space so that
+# neighbouring channels carry similar weights, without changing the function.
+# --------------------------------------------------------------------------------------
+
+
+def channel_features(spec: NetSpec, weights, group: int):
+    """(n, f) numpy array: every weight that touches channel c of `group`, one row per
+    channel: the rows (output side) of the layers that write the group, the columns
+    (input side) of the layers that read it, biases and norm statistics. Each array's
+    block is divided by its RMS so that every layer weighs the same."""
+    blocks = []
+    for layer, arrays in zip(spec.layers, weights, strict=True):
+        for role, x in arrays.items():
+            x = np.asarray(x, np.float64)
+            if layer.kind not in ("dense", "conv", "norm", "layernorm"):
+                continue
+            rows = []
+            if layer.out_group == group:
+                rows.append(np.moveaxis(x, -1, 0).reshape(x.shape[-1], -1))
+            if role == "kernel" and layer.in_group == group:
+                if layer.in_spatial > 1:
+                    k = x.reshape(layer.in_spatial, -1, x.shape[-1])
+                    rows.append(np.moveaxis(k, 1, 0).reshape(k.shape[1], -1))
+                else:
+                    rows.append(np.moveaxis(x, x.ndim - 2, 0).reshape(x.shape[-2], -1))
+            for r in rows:
+                blocks.append(r / (np.sqrt(np.mean(r**2)) + 1e-12))
+    size = spec.groups[group].size
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((size, 0))
+
+
+def _distances(feats):
+    sq = np.sum(feats**2, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * feats @ feats.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def path_length(dist, order) -> float:
+    """Length of the open path visiting `order` under distance matrix `dist`."""
+    order = np.asarray(order)
+    return float(np.sum(dist[order[:-1], order[1:]])) if len(order) > 1 else 0.0
+
+
+def shortest_path(dist, max_iter: int = 10_000):
+    """A short open Hamiltonian path through all nodes of symmetric `dist` (n, n):
+    nearest neighbour from every start node (the best kept), then 2-opt (the best
+    segment reversal, repeated until none shortens the path). Deterministic. Returns the
+    node order as an int array."""
+    dist = np.asarray(dist, np.float64)
+    n = dist.shape[0]
+    if n <= 2:
+        return np.arange(n)
+    best, best_len = None, np.inf
+    for start in range(n):
+        seen = np.zeros(n, bool)
+        order = [start]
+        seen[start] = True
+        for _ in range(n - 1):
+            d = np.where(seen, np.inf, dist[order[-1]])
+            nxt = int(np.argmin(d))
+            order.append(nxt)
+            seen[nxt] = True
+        length = path_length(dist, order)
+        if length < best_len - 1e-12:
+            best, best_len = np.asarray(order), length
+    # 2-opt on the open path: a dummy node at distance 0 from all closes it into a cycle
+    d = np.zeros((n + 1, n + 1))
+    d[:n, :n] = dist
+    p = np.concatenate([[n], best, [n]])
+    i, j = np.triu_indices(n + 1, 1)  # reverse p[i..j] for 1 <= i < j <= n
+    keep = i >= 1
+    i, j = i[keep], j[keep]
+    for _ in range(max_iter):
+        a, b, c, e = p[i - 1], p[i], p[j], p[j + 1]
+        delta = d[a, c] + d[b, e] - d[a, b] - d[c, e]
+        k = int(np.argmin(delta))
+        if delta[k] >= -1e-10:
+            break
+        p[i[k] : j[k] + 1] = p[i[k] : j[k] + 1][::-1].copy()
+    return p[1:-1].astype(np.int64)
+
+
+def smoothing_transform(spec: NetSpec, weights) -> tuple:
+    """Per-group (perm, d = 1) for `apply_transform` that orders every permutable
+    channel space along a short Hamiltonian path of its channels' weights
+    (`channel_features`, Euclidean distance, `shortest_path`): total variation between
+    neighbouring channels goes down, the function does not change. Non-permutable groups
+    (the network's input and output channels) are left alone (None). A group that a
+    zero-padded shortcut embeds another into (`Embed`) keeps the source's order on the
+    embedded channels and orders only its padding channels."""
+    _require_groups(spec)
+    check_weights(spec, weights)
+    out: list = [None] * len(spec.groups)
+    dst_of = {e.dst: e for e in spec.embeds}
+    for g in _topological(spec):
+        group = spec.groups[g]
+        if not group.permutable:
+            continue
+        n = group.size
+        feats = channel_features(spec, weights, g)
+        e = dst_of.get(g)
+        if e is not None and out[e.src] is not None:
+            m = spec.groups[e.src].size
+            src_perm = np.asarray(out[e.src][0])
+            pads = np.concatenate([np.arange(e.offset), np.arange(e.offset + m, n)])
+            order = pads[shortest_path(_distances(feats[pads]))] if len(pads) else pads
+            perm = np.zeros(n, np.int64)
+            perm[pads] = order
+            perm[e.offset : e.offset + m] = e.offset + src_perm
+        else:
+            perm = shortest_path(_distances(feats))
+        out[g] = (jnp.asarray(perm, jnp.int32), jnp.ones(n, jnp.float32))
+    return tuple(out)
+
+
+def smooth(spec: NetSpec, weights) -> tuple:
+    """Permutation smoothing: `apply_transform(spec, weights, smoothing_transform(...))`."""
+    return apply_transform(spec, weights, smoothing_transform(spec, weights))
+
+
+def total_variation(spec: NetSpec, weights) -> float:
+    """Sum over permutable groups of the distances between neighbouring channels'
+    features (`channel_features`): what `smooth` lowers."""
+    total = 0.0
+    for g, group in enumerate(spec.groups):
+        if group.permutable:
+            total += path_length(
+                _distances(channel_features(spec, weights, g)), np.arange(group.size)
+            )
+    return total

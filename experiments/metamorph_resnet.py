@@ -1,0 +1,134 @@
+"""Neural metamorphosis of CIFAR-10 ResNets (wsl.methods.metamorph): test accuracy at
+compression 0 / 25 / 50 / 75 % of the inner width of the last block (64 / 48 / 32 / 16
+channels; 75 % is never trained) for
+
+    mode=individual  ResNet20s of that inner width trained from scratch (classify's task)
+    mode=sliced      the pretrained ResNet20 (folded, smoothed) with channels >= h cut
+    mode=neumeta     NeuMeta (Yang & Wang 2024): an INR generating the last block
+    mode=htty        HTTY (Sommariva et al. 2025), full ResNet56: not implemented yet
+
+Hyper-parameters from NeuMeta's reference code (Adamdad/neumeta, config/base_config.yaml
+and cifar10/resnet20_cifar10_32-64v3_200e-coordnoise-resmlpv2_smooth.yaml): AdamW lr 1e-3,
+weight decay 1e-2, batch 64, gradient clipping at 10 (by value), coordinate noise 1.0,
+EMA 0.995, norm 64, widths 32..64 trained, loss weights CE 1, reconstruction 1, L2 1e-4;
+INR hidden 512 x 8 layers, 32 frequencies (`paper`), 256 x 4, 16 (their base config).
+The reference trains 200 epochs (lr x0.1 at 100 and 150), evaluates K = 50 samples.
+
+smoke: the INR at 128 x 3, 8 frequencies, 200 steps on 5,000 training images, evaluated on
+       1,000 test images with K = 5 (fixed random subsets); individual nets 100 steps of
+       batch 64 each.
+paper: the reference's INR and schedule (200 epochs, cosine here), the full sets, K = 50;
+       individual nets 200 epochs of SGD (akamaster's recipe without augmentation).
+
+    python -m wsl.main --config=experiments/metamorph_resnet.py:smoke --workdir=runs/mm \\
+        --config.mode=neumeta
+"""
+
+import ml_collections
+
+VARIANTS = ("smoke", "paper")
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+    smoke = variant == "smoke"
+    c = ml_collections.ConfigDict()
+    c.method = "metamorph"
+    c.mode = "neumeta"  # neumeta | sliced | individual | htty
+    c.seed = 0
+    c.distributed = "auto"
+    c.data = ml_collections.ConfigDict(
+        {
+            "name": "cifar10",
+            "preprocess": "cifar",
+            "val_size": 0,
+            "train_size": 5000 if smoke else 0,
+            "test_size": 1000 if smoke else 0,
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "depth": 20,
+            # the layers the INR generates (regex on layer names) and those whose outputs are
+            # the metamorphic width: the last block (NeuMeta's ResNet20 setting); the whole
+            # last stage is r"layer3_\d+/conv[12]" / r"layer3_\d+/conv1"
+            "generate": r"layer3_2/conv[12]",
+            "hidden": r"layer3_2/conv1",
+            "smooth": True,
+        }
+    )
+    c.inr = ml_collections.ConfigDict(
+        {
+            "hidden": 128 if smoke else 512,
+            "num_layers": 3 if smoke else 8,
+            "num_freqs": 8 if smoke else 32,
+            "scalar": 0.1,
+            "norm": 64.0,
+        }
+    )
+    c.noise = 1.0
+    c.loss = ml_collections.ConfigDict({"ce": 1.0, "recon": 1.0, "l2": 1e-4})
+    c.widths = ml_collections.ConfigDict(
+        {
+            "train_max_compression": 0.5,  # widths 32..64 trained
+            "full_prob": 0.25,  # P(full width) per step: the steps with the recon term
+            "eval": (0.0, 0.25, 0.5, 0.75),
+        }
+    )
+    batch_size = 64
+    epochs = 200
+    num_steps = 200 if smoke else epochs * (50000 // batch_size)
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": 1e-3,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "momentum": 0.0,
+            "weight_decay": 1e-2,
+        }
+    )
+    c.train = ml_collections.ConfigDict(
+        {
+            "batch_size": batch_size,
+            "num_steps": num_steps,
+            "eval_batch_size": 500,
+            "eval_every": 0 if smoke else 10 * (50000 // batch_size),
+            "log_every": 25 if smoke else 100,
+            "checkpoint_every": 50 if smoke else 2000,
+            "keep_checkpoints": 2,
+            "async_checkpoints": True,
+            "nan_at_step": 0,
+            "clip": 10.0,
+            "recon_steps": 0,  # > 0: reconstruction-only warm-up steps at full width
+            "ema": 0.995 if not smoke else 0.9,
+        }
+    )
+    c.eval = ml_collections.ConfigDict({"k_samples": 5 if smoke else 50})
+    ind_bs = 64 if smoke else 128
+    ind_steps = 100 if smoke else 200 * (50000 // ind_bs)
+    c.individual = ml_collections.ConfigDict(
+        {
+            "optimizer": {
+                "name": "adam" if smoke else "sgd",
+                "learning_rate": 3e-3 if smoke else 0.1,
+                "schedule": "cosine",
+                "warmup_steps": 20 if smoke else 400,
+                "momentum": 0.9,
+                "weight_decay": 0.0 if smoke else 1e-4,
+            },
+            "train": {
+                "batch_size": ind_bs,
+                "num_steps": ind_steps,
+                "eval_batch_size": 500,
+                "eval_every": 0,
+                "log_every": 25 if smoke else 100,
+                "checkpoint_every": 50 if smoke else 2000,
+                "keep_checkpoints": 2,
+                "async_checkpoints": True,
+                "nan_at_step": 0,
+            },
+        }
+    )
+    return c

@@ -1,0 +1,198 @@
+"""Neural metamorphosis: smoothing, BatchNorm re-parameterisation, INR weight generation,
+the NeuMeta train step (toy ResNet8 throughout; no data files needed)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from wsl.methods import metamorph
+from wsl.nn import hyper, subjects
+from wsl.train import parallel
+from wsl.weights import convert, fold, spec, symmetry
+
+X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+WIDTHS = (4, 8, 16)
+_CACHE: dict = {}
+
+
+def _bumped(variables, key):
+    """Non-trivial BatchNorm statistics and affine parameters."""
+    stats = variables["batch_stats"]
+    leaves, tree = jax.tree.flatten(stats)
+    ks = jax.random.split(key, 2 * len(leaves))
+    stats = jax.tree.unflatten(
+        tree,
+        [
+            jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5)
+            for k, x in zip(ks[: len(leaves)], leaves, strict=True)
+        ],
+    )
+    params = jax.tree.map(
+        lambda x: x + 0.1 * jax.random.normal(ks[-1], x.shape), variables["params"]
+    )
+    return {"params": params, "batch_stats": stats}
+
+
+def resnet8():
+    """(module, variables, spec) of a BatchNorm ResNet8 with random statistics."""
+    if "r8" not in _CACHE:
+        m = subjects.ResNet(8, widths=WIDTHS)
+        v = _bumped(dict(m.init(jax.random.key(0), X)), jax.random.key(3))
+        _CACHE["r8"] = (m, v, spec.spec_from_flax(m, v, X))
+    return _CACHE["r8"]
+
+
+def folded8():
+    if "f8" not in _CACHE:
+        m, v, s = resnet8()
+        fs, fw = fold.reparameterize_batchnorm(s, convert.flax_to_canonical(s, v))
+        _CACHE["f8"] = (subjects.ResNet(8, widths=WIDTHS, norm=False), fs, fw)
+    return _CACHE["f8"]
+
+
+def run(module, s, weights):
+    return np.asarray(module.apply(convert.canonical_to_flax(s, weights), X))
+
+
+# ---- preparation --------------------------------------------------------------------
+
+
+def test_fold_and_smooth_keep_the_function_and_lower_total_variation():
+    m, v, _ = resnet8()
+    fm, fs, fw = folded8()
+    ref = np.asarray(m.apply(v, X))
+    assert np.max(np.abs(run(fm, fs, fw) - ref)) < 1e-4
+    t = symmetry.smoothing_transform(fs, fw)
+    assert [x is None for x in t] == [not g.permutable for g in fs.groups]
+    assert t[0] is None and t[-1] is None  # network input and output never permuted
+    sw = symmetry.apply_transform(fs, fw, t)
+    assert np.max(np.abs(run(fm, fs, sw) - ref)) < 1e-4
+    assert symmetry.total_variation(fs, sw) < symmetry.total_variation(fs, fw)
+    # smoothing a randomly permuted copy gives a path no longer than the unpermuted one's
+    pw = symmetry.permute(fs, fw, jax.random.key(5))
+    tv_p = symmetry.total_variation(fs, symmetry.smooth(fs, pw))
+    assert tv_p <= symmetry.total_variation(fs, pw)
+
+
+def test_shortest_path_recovers_a_line():
+    rng = np.random.default_rng(0)
+    pts = rng.permutation(np.linspace(0, 1, 30))
+    dist = np.abs(pts[:, None] - pts[None, :])
+    order = symmetry.shortest_path(dist)
+    assert sorted(order.tolist()) == list(range(30))
+    assert abs(symmetry.path_length(dist, order) - 1.0) < 1e-9
+
+
+class _PostAddBN(nn.Module):
+    """conv -> (+ input) -> BatchNorm (no conv to fold into) -> relu -> pool -> dense;
+    `as_conv` puts a 1x1 conv where the BatchNorm was."""
+
+    as_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        y = nn.Conv(3, (3, 3), name="conv")(x) + x
+        if self.as_conv:
+            y = nn.Conv(3, (1, 1), name="bn")(y)
+        else:
+            y = nn.BatchNorm(use_running_average=True, name="bn")(y)
+        y = nn.relu(nn.Conv(5, (3, 3), name="conv2")(y))
+        return nn.Dense(2, name="out")(jnp.mean(y, axis=(1, 2)))
+
+
+def test_batchnorm_without_conv_becomes_a_1x1_conv():
+    m = _PostAddBN()
+    v = dict(m.init(jax.random.key(0), X))
+    v = {"params": v["params"], "batch_stats": _bumped(v, jax.random.key(1))["batch_stats"]}
+    s = spec.spec_from_flax(m, v, X)
+    ns, nw = fold.reparameterize_batchnorm(s, convert.flax_to_canonical(s, v))
+    assert [layer.kind for layer in ns.layers] == ["conv", "conv", "conv", "dense"]
+    out = _PostAddBN(as_conv=True).apply(convert.canonical_to_flax(ns, nw), X)
+    assert np.max(np.abs(np.asarray(out) - np.asarray(m.apply(v, X)))) < 1e-4
+
+
+# ---- INR and generation -------------------------------------------------------------
+
+
+def _subject():
+    fm, fs, fw = folded8()
+    return metamorph.make_subject(fm, fs, fw, r"layer3_\d+/conv[12]", r"layer3_\d+/conv1", False)
+
+
+def test_generate_every_layer_in_one_call_deterministic_and_masked():
+    sub = _subject()
+    plan = sub.plan
+    inr = hyper.INR(hidden=16, num_layers=2, num_freqs=4)
+    params = inr.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+    full = hyper.full_shape(plan)
+    gen = jax.jit(lambda p, k: hyper.generate(inr, p, plan, full, k, 1.0))
+    a, b = gen(params, jax.random.key(7)), gen(params, jax.random.key(7))
+    for x, y, i in zip(a, b, plan.layers, strict=True):
+        assert x["kernel"].shape == sub.spec.layers[i].shape_of["kernel"]
+        np.testing.assert_array_equal(x["kernel"], y["kernel"])
+    c = gen(params, jax.random.key(8))
+    assert not np.allclose(a[0]["kernel"], c[0]["kernel"])
+    # a narrower configuration: zero outside, crop gives the true shapes, the net runs
+    sizes = metamorph.widths_for(plan.group_sizes, sub.groups, 0.75)
+    g = hyper.generate(inr, params, plan, hyper.shape_for(plan, sizes))
+    h = int(sizes[sub.groups[0]])
+    assert h == 4 and np.all(np.asarray(g[0]["kernel"])[..., h:] == 0)
+    assert np.all(np.asarray(g[0]["bias"])[h:] == 0)
+    assert np.all(np.asarray(g[1]["kernel"])[:, :, h:, :] == 0)
+    cropped = hyper.crop(plan, g, sizes)
+    assert cropped[0]["kernel"].shape[-1] == h and cropped[1]["kernel"].shape[-2] == h
+    assert np.all(np.isfinite(run(sub.module, sub.spec, metamorph.insert(sub, g))))
+    mean = hyper.generate_mean(inr, params, plan, full, jax.random.key(2), 3, 1.0)
+    assert mean[0]["kernel"].shape == a[0]["kernel"].shape
+
+
+def test_zero_channels_compute_the_narrow_network():
+    """The masking principle behind every width: an MLP of hidden width 16 with channels
+    >= 10 cut computes what an MLP of width 10 with the leading weights computes."""
+    wide, narrow = subjects.MLP(hidden=(16,)), subjects.MLP(hidden=(10,))
+    x = jax.random.normal(jax.random.key(0), (5, 7))
+    v = wide.init(jax.random.key(1), x)
+    s = spec.spec_from_flax(wide, v, x)
+    w = convert.flax_to_canonical(s, v)
+    sizes = [g.size for g in s.groups]
+    sizes[s.layers[0].out_group] = 10
+    masked = jax.tree.map(lambda a, m: a * m, w, metamorph.channel_mask(s, sizes))
+    cut = (
+        {"kernel": w[0]["kernel"][:, :10], "bias": w[0]["bias"][:10]},
+        {**w[1], "kernel": w[1]["kernel"][:10]},
+    )
+    vn = {"params": {"dense0": cut[0], "dense1": cut[1]}}
+    np.testing.assert_allclose(
+        wide.apply(convert.canonical_to_flax(s, masked), x), narrow.apply(vn, x), atol=1e-5
+    )
+
+
+def test_neumeta_train_step_runs_and_lowers_the_loss():
+    sub = _subject()
+    c = ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "noise": 1.0,
+            "inr": {"hidden": 32, "num_layers": 2, "num_freqs": 4, "scalar": 0.1, "norm": 16.0},
+            "loss": {"ce": 1.0, "recon": 1.0, "l2": 1e-4},
+            "widths": {"train_max_compression": 0.5, "full_prob": 0.5, "eval": [0.75]},
+            "train": {"batch_size": 4, "ema": 0.9},
+            "eval": {"k_samples": 2},
+        }
+    )
+    data = {"train": (np.asarray(X), np.arange(4) % 2), "test": (np.asarray(X), np.arange(4) % 2)}
+    inr = metamorph.make_inr(c)
+    tx = optax.adam(1e-2)
+    task = metamorph.make_neumeta_task(sub, inr, tx, data, c, parallel.make_mesh())
+    state = task.init(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    losses = []
+    for i in range(8):
+        state, m = step(state, task.batch(i), jax.random.key(i))
+        losses.append(float(m["loss"]))
+    assert np.all(np.isfinite(losses)) and min(losses[4:]) < losses[0]
+    out = task.evaluate(state)
+    assert set(out) >= {"acc_c75", "recon_rel_error", "acc_full_noiseless"}

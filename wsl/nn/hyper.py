@@ -1,0 +1,298 @@
+"""An INR that generates network weights from coordinates (NeuMeta, Yang & Wang, ECCV 2024;
+full-network extension: HTTY, Sommariva et al. 2025).
+
+One query per (layer, input channel, output channel) of every generated kernel and one per
+output channel of every bias. Its raw coordinates are
+
+    (layer index l, input index i, output index o, number of layers L, input size I,
+     output size O)
+
+(a bias has i = 0, I = 1), normalised as NeuMeta's reference code does:
+(l / L, i / I, o / O, L / N, I / N, O / N) with a constant N (`norm`, 64). Training adds
+uniform noise U(-s/2, s/2) to the raw coordinates (`noise` = s). The normalised vector goes
+through Fourier features [x, sin(2^k pi x), cos(2^k pi x)], k < `num_freqs`, then a residual
+MLP (Dense + ReLU, then `num_layers - 1` blocks h + a_j * ReLU(Dense(h)) with learnable
+scalars a_j initialised to `scalar`), then one linear head per parameter kind:
+
+    conv   k x k values: the kernel at every position (a smaller kernel takes the centre)
+    dense  1 value
+    bias   1 value
+
+A kernel's values are divided by its input size I (its fan-in over channels; the reference
+divides by the same), so that a layer's output keeps its scale when its width changes.
+
+`Plan` fixes which layers of a (largest) architecture are generated; a `Shape` (group sizes,
+layer indices, number of layers: arrays, so a jitted function may sample them) picks one
+configuration inside it. `generate` makes every weight of that configuration in one call of
+the INR over all queries, as arrays of the largest shapes whose entries outside the
+configuration are zero: a network run with them computes exactly what the smaller network
+computes (a zero channel stays zero through ReLU and adds nothing downstream), so one
+compiled function serves every width and depth. `crop` cuts them to the true shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wsl.weights.spec import NetSpec
+
+
+def fourier_features(x: jax.Array, num_freqs: int) -> jax.Array:
+    """[x, sin(2^k pi x), cos(2^k pi x) for k < num_freqs] along the last axis."""
+    freqs = (2.0 ** jnp.arange(num_freqs)) * jnp.pi
+    angles = (x[..., :, None] * freqs).reshape(*x.shape[:-1], -1)
+    return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class INR(nn.Module):
+    """Fourier features -> residual MLP -> one head per parameter kind (module docstring).
+    Input (..., 6) normalised coordinates; output {"conv": (..., k*k), "dense": (...,),
+    "bias": (...,)}."""
+
+    hidden: int = 256
+    num_layers: int = 4
+    num_freqs: int = 16
+    kernel_size: int = 3
+    scalar: float = 0.1
+
+    @nn.compact
+    def __call__(self, coords: jax.Array) -> dict[str, jax.Array]:
+        h = nn.relu(nn.Dense(self.hidden, name="input")(fourier_features(coords, self.num_freqs)))
+        for j in range(self.num_layers - 1):
+            a = self.param(f"scalar{j}", nn.initializers.constant(self.scalar), ())
+            h = h + a * nn.relu(nn.Dense(self.hidden, name=f"block{j}")(h))
+        k2 = self.kernel_size**2
+        return {
+            "conv": nn.Dense(k2, name="head_conv")(h),
+            "dense": nn.Dense(1, name="head_dense")(h)[..., 0],
+            "bias": nn.Dense(1, name="head_bias")(h)[..., 0],
+        }
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The generated layers of an architecture family, described on its largest member's
+    (BatchNorm-folded) spec: static and hashable. Per generated layer: its index in that
+    spec, kind (conv | dense), kernel shape, input/output channel groups and largest
+    sizes. `group_sizes` are the largest size of every group of the spec."""
+
+    layers: tuple[int, ...]
+    kinds: tuple[str, ...]
+    kernel_shapes: tuple[tuple[int, ...], ...]
+    in_groups: tuple[int, ...]
+    out_groups: tuple[int, ...]
+    max_in: tuple[int, ...]
+    max_out: tuple[int, ...]
+    has_bias: tuple[bool, ...]
+    group_sizes: tuple[int, ...]
+    num_layers: int  # layers of the largest network (the default L coordinate)
+
+    @property
+    def num_queries(self) -> int:
+        return sum(
+            i * o + (o if b else 0)
+            for i, o, b in zip(self.max_in, self.max_out, self.has_bias, strict=True)
+        )
+
+    @property
+    def num_generated(self) -> int:
+        """Weights generated at the largest configuration."""
+        return sum(
+            int(np.prod(k)) * i * o + (o if b else 0)
+            for k, i, o, b in zip(
+                self.kernel_shapes, self.max_in, self.max_out, self.has_bias, strict=True
+            )
+        )
+
+
+def make_plan(spec: NetSpec, layers: Sequence[int]) -> Plan:
+    """A Plan generating `layers` (indices into `spec`, dense or conv, channel groups
+    known) of the largest network `spec`."""
+    chosen = [spec.layers[i] for i in layers]
+    for i, layer in zip(layers, chosen, strict=True):
+        if layer.kind not in ("dense", "conv") or layer.in_group < 0 or layer.out_group < 0:
+            raise ValueError(f"layer {i} ({layer.name!r}, {layer.kind}) cannot be generated")
+        if layer.in_spatial != 1:
+            raise ValueError(f"layer {i} ({layer.name!r}) reads a flattened activation")
+    return Plan(
+        layers=tuple(layers),
+        kinds=tuple(layer.kind for layer in chosen),
+        kernel_shapes=tuple(tuple(layer.kernel_shape) for layer in chosen),
+        in_groups=tuple(layer.in_group for layer in chosen),
+        out_groups=tuple(layer.out_group for layer in chosen),
+        max_in=tuple(layer.in_features for layer in chosen),
+        max_out=tuple(layer.out_features for layer in chosen),
+        has_bias=tuple("bias" in layer.shape_of for layer in chosen),
+        group_sizes=tuple(g.size for g in spec.groups),
+        num_layers=len([layer for layer in spec.layers if layer.kind in ("dense", "conv")]),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _queries(plan: Plan) -> dict[str, np.ndarray]:
+    """Static query table: for each query its generated layer p, input and output index,
+    and whether it is a bias. Kernels come first (i-major), then their bias, per layer."""
+    p, i, o, bias = [], [], [], []
+    for k, (n_in, n_out, b) in enumerate(
+        zip(plan.max_in, plan.max_out, plan.has_bias, strict=True)
+    ):
+        ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        p.append(np.full(n_in * n_out, k))
+        i.append(ii.ravel())
+        o.append(oo.ravel())
+        bias.append(np.zeros(n_in * n_out, bool))
+        if b:
+            p.append(np.full(n_out, k))
+            i.append(np.zeros(n_out, np.int64))
+            o.append(np.arange(n_out))
+            bias.append(np.ones(n_out, bool))
+    cat = lambda xs: np.concatenate(xs)  # noqa: E731
+    return {
+        "p": cat(p).astype(np.int32),
+        "i": cat(i).astype(np.int32),
+        "o": cat(o).astype(np.int32),
+        "bias": cat(bias),
+    }
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One configuration inside a Plan: `sizes` (num_groups,) the size of every channel
+    group; `layer_ids` (num_generated_layers,) each generated layer's index coordinate, < 0
+    for a layer absent from this configuration (its weights are zero); `num_layers` the
+    L coordinate. Arrays: a jitted function may sample them."""
+
+    sizes: jax.Array
+    layer_ids: jax.Array
+    num_layers: jax.Array
+
+
+def full_shape(plan: Plan) -> Shape:
+    """The largest configuration: every group at full size, layers at their spec index."""
+    return shape_for(plan, plan.group_sizes)
+
+
+def shape_for(plan: Plan, sizes, layer_ids=None, num_layers=None) -> Shape:
+    """A Shape with these group sizes (and optionally layer indices / L)."""
+    ids = plan.layers if layer_ids is None else layer_ids
+    return Shape(
+        jnp.asarray(sizes, jnp.int32),
+        jnp.asarray(ids, jnp.int32),
+        jnp.asarray(plan.num_layers if num_layers is None else num_layers, jnp.float32),
+    )
+
+
+def coordinates(
+    plan: Plan, shape: Shape, key: jax.Array | None = None, noise: float = 0.0, norm: float = 64.0
+):
+    """(normalised coordinates (Q, 6), mask (Q,), input sizes (Q,)) of every query of
+    `plan` in configuration `shape`; with `key` and `noise` > 0 the raw coordinates get
+    U(-noise/2, noise/2) noise."""
+    q = _queries(plan)
+    p = jnp.asarray(q["p"])
+    is_bias = jnp.asarray(q["bias"])
+    sizes = shape.sizes.astype(jnp.float32)
+    in_size = jnp.where(is_bias, 1.0, sizes[jnp.asarray(plan.in_groups)][p])
+    out_size = sizes[jnp.asarray(plan.out_groups)][p]
+    lid = shape.layer_ids[p].astype(jnp.float32)
+    i = jnp.asarray(q["i"], jnp.float32)
+    o = jnp.asarray(q["o"], jnp.float32)
+    mask = (i < in_size) & (o < out_size) & (lid >= 0)
+    raw = jnp.stack(
+        [lid, i, o, jnp.broadcast_to(shape.num_layers, lid.shape), in_size, out_size], -1
+    )
+    if key is not None and noise > 0:
+        raw = raw + (jax.random.uniform(key, raw.shape) - 0.5) * noise
+    x = jnp.concatenate([raw[:, :3] / raw[:, 3:], raw[:, 3:] / norm], axis=-1)
+    return x, mask, in_size
+
+
+def _centre(values: jax.Array, kmax: int, kernel_shape: tuple[int, ...]) -> jax.Array:
+    """(n, kmax*kmax) head outputs -> (n, kh, kw): the centre kh x kw window."""
+    kh, kw = kernel_shape
+    v = values.reshape(-1, kmax, kmax)
+    top, left = (kmax - kh) // 2, (kmax - kw) // 2
+    return v[:, top : top + kh, left : left + kw]
+
+
+def assemble(plan: Plan, out: dict[str, jax.Array], mask, in_size, kernel_size: int = 3) -> tuple:
+    """INR outputs for all queries -> one dict {kernel, bias} per generated layer, at the
+    largest shapes (canonical layout), zero outside the configuration."""
+    result, start = [], 0
+    for k in range(len(plan.layers)):
+        n_in, n_out = plan.max_in[k], plan.max_out[k]
+        n = n_in * n_out
+        sl = slice(start, start + n)
+        scale = jnp.where(mask[sl], 1.0 / in_size[sl], 0.0)
+        if plan.kinds[k] == "conv":
+            v = _centre(out["conv"][sl], kernel_size, plan.kernel_shapes[k]) * scale[:, None, None]
+            kernel = v.reshape(n_in, n_out, *plan.kernel_shapes[k]).transpose(2, 3, 0, 1)
+        else:
+            kernel = (out["dense"][sl] * scale).reshape(n_in, n_out)
+        arrays = {"kernel": kernel}
+        start += n
+        if plan.has_bias[k]:
+            sl = slice(start, start + n_out)
+            arrays["bias"] = jnp.where(mask[sl], out["bias"][sl], 0.0)
+            start += n_out
+        result.append(arrays)
+    return tuple(result)
+
+
+def generate(
+    inr: INR,
+    params,
+    plan: Plan,
+    shape: Shape,
+    key: jax.Array | None = None,
+    noise: float = 0.0,
+    norm: float = 64.0,
+) -> tuple:
+    """Every generated layer's weights for configuration `shape`, from one call of the INR
+    over all queries (largest shapes, zero outside the configuration; see `crop`).
+    Deterministic given `key` (no key: no coordinate noise)."""
+    x, mask, in_size = coordinates(plan, shape, key, noise, norm)
+    out = inr.apply({"params": params}, x)
+    return assemble(plan, out, mask, in_size, inr.kernel_size)
+
+
+def generate_mean(
+    inr: INR, params, plan: Plan, shape: Shape, key, k: int, noise: float, norm: float = 64.0
+):
+    """NeuMeta's evaluation: the average of `k` generations, the first without noise, the
+    others with noisy coordinates (keys split from `key`); vmapped, one call."""
+    keys = jax.random.split(key, k)
+    x0, mask, in_size = coordinates(plan, shape, None, 0.0, norm)
+    xs = jax.vmap(lambda kk: coordinates(plan, shape, kk, noise, norm)[0])(keys)
+    xs = xs.at[0].set(x0)
+    outs = jax.vmap(lambda x: inr.apply({"params": params}, x))(xs)
+    mean = jax.tree.map(lambda a: a.mean(0), outs)
+    return assemble(plan, mean, mask, in_size, inr.kernel_size)
+
+
+def crop(plan: Plan, arrays: tuple, sizes: Sequence[int]) -> tuple:
+    """Generated arrays (largest shapes) -> the true shapes of the configuration whose
+    group sizes are `sizes` (python ints): the leading channels of every group."""
+    out = []
+    for k, a in enumerate(arrays):
+        n_in, n_out = int(sizes[plan.in_groups[k]]), int(sizes[plan.out_groups[k]])
+        new = {"kernel": a["kernel"][..., :n_in, :n_out]}
+        if "bias" in a:
+            new["bias"] = a["bias"][:n_out]
+        out.append(new)
+    return tuple(out)
+
+
+def num_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
