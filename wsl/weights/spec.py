@@ -832,7 +832,7 @@ def spec_from_layout(rows: Sequence[Mapping[str, str]]) -> NetSpec:
         kind = {2: "dense", 4: "conv"}.get(len(k))
         if kind is None:
             raise ValueError(f"layout.csv kernel {leaves['kernel'][0]!r} has shape {k}")
-        order = ["kernel"] + (["bias"] if "bias" in leaves else [])
+        order = [r for r in leaves if r in ("kernel", "bias")]  # row order (published: bias first)
         layers.append(
             Layer(
                 mod,
