@@ -56,6 +56,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             "beta": 1.0,
             "task_weight": 0.0 if smoke else 1.0,
             "prior_weight": 1.0,
+            "score_scale": 1.0,
             "contrastive_weight": 1.0,
             "network": {"name": "SmallCNN", "kwargs": {"features": 32, "num_layers": 3,
                                                         "num_classes": 64}},

@@ -171,8 +171,8 @@ def test_losses():
     assert float(cz.contrastive_loss(info)) == 0.0
     eye = jnp.eye(4)[None] * 3.0
     assert float(cz.contrastive_loss({"embeddings": eye})) == 0.0
-    same = jnp.ones((1, 4, 4))
-    np.testing.assert_allclose(cz.contrastive_loss({"embeddings": same}), 1.0, rtol=1e-6)
+    same = jnp.ones((1, 4, 4))  # every pair: |<1, 1>| = 4
+    np.testing.assert_allclose(cz.contrastive_loss({"embeddings": same}), 4.0, rtol=1e-6)
 
 
 def test_group_average_is_invariant():

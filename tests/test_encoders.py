@@ -128,6 +128,19 @@ def test_mean_pooling_probes_and_dropout():
     assert not np.allclose(y_train, f(params, b1), atol=1e-4)
 
 
+def test_edge_chunking_changes_nothing():
+    """NG-GNN runs its edges in chunks (padded to a multiple): outputs and gradients do not
+    depend on the chunk size."""
+    batch = graph_batch([graph.to_graph(*build("resnet"), k_max=K, reverse=True)], 400, 3000, 2)
+    models = [gnn.NGGNN(2, hidden=8, num_layers=2, edge_chunk=c, **LIMITS) for c in (97, 4096)]
+    params = jax.jit(models[0].init)(jax.random.key(0), batch)
+    grads = [jax.jit(jax.grad(lambda p, m=m: m.apply(p, batch).sum()))(params) for m in models]
+    ys = [jax.jit(m.apply)(params, batch) for m in models]
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_probe_activations_run_the_subject_network():
     module = subjects.SIREN()
     x = jnp.zeros((1, 2))

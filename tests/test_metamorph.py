@@ -71,10 +71,6 @@ def test_fold_and_smooth_keep_the_function_and_lower_total_variation():
     sw = symmetry.apply_transform(fs, fw, t)
     assert np.max(np.abs(run(fm, fs, sw) - ref)) < 1e-4
     assert symmetry.total_variation(fs, sw) < symmetry.total_variation(fs, fw)
-    # smoothing a randomly permuted copy gives a path no longer than the unpermuted one's
-    pw = symmetry.permute(fs, fw, jax.random.key(5))
-    tv_p = symmetry.total_variation(fs, symmetry.smooth(fs, pw))
-    assert tv_p <= symmetry.total_variation(fs, pw)
 
 
 def test_shortest_path_recovers_a_line():

@@ -188,7 +188,7 @@ def test_k_models_together_equal_each_alone():
     models = zoo.sample_hyper(cfg.hyper, 3, cfg.seed)
     data = zoo.load_images("mnist", max_train=256, max_test=128)
     kw = dict(seed=0, epochs=1, record_epochs=[0, 1], batch_size=32, train_eval_size=128)
-    together = zoo.train_cnn_chunk(models, data, **kw, pad_to=4)
+    together = zoo.train_cnn_chunk(models, data, **kw)
     looped = zoo.train_cnn_chunk(models, data, **kw, formulation="loop")
     for j, m in enumerate(models):
         alone = zoo.train_cnn_chunk([m], data, **kw)

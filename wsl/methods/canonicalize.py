@@ -17,10 +17,6 @@ straight-through estimator: ``onehot + softmax(beta s) - stop_gradient(softmax(b
 weights the candidates, so the forward pass uses the chosen one and the task loss's
 gradient reaches the scores.
 
-One deviation from the reference code: ``contrastive_loss`` uses cosine similarities
-between the copies' embeddings, not raw dot products; raw dot products can be driven to
-zero by shrinking the embeddings, which leaves the cosine scores unchanged.
-
 ``run(config, workdir)`` trains and evaluates one row of the canon tables
 (experiments/canon_*.py); ``config.canon.kind`` is one of
 
@@ -45,7 +41,8 @@ Config (see experiments/canon_mnist.py):
     data.{name, preprocess, train_size, test_size, rotation_seed}
     group                                             # C4 | D4 | C8
     predictor.{name, kwargs, pretrained, trainable}   # pretrained: "" or "resnet20", ...
-    canon.{kind, beta, task_weight, prior_weight, contrastive_weight, network.{name, kwargs},
+    canon.{kind, beta, task_weight, prior_weight, contrastive_weight, score_scale,
+           network.{name, kwargs},
            equivariant.{features, kernel_size, strides}}
     optimizer.{...}, canon_optimizer.{...}            # classify.make_optimizer, each
     train.{num_steps, batch_size, eval_batch_size, ...}
@@ -115,15 +112,15 @@ def prior_regularization_loss(info, target: int = 0):
 
 
 def contrastive_loss(info):
-    """Mean |cosine| between the embeddings of different copies of the same image
-    (the paper's orthogonality loss); 0 without embeddings."""
+    """The paper's orthogonality loss: the mean |dot product| between the embeddings of
+    different copies of the same image (raw dot products, as in the reference code);
+    0 without embeddings."""
     emb = info.get("embeddings")
     if emb is None:
         return jnp.zeros(())
-    e = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-8)
-    sim = jnp.abs(jnp.einsum("bgd,bhd->bgh", e, e))
     n = emb.shape[1]
-    return jnp.sum(sim * (1 - jnp.eye(n)), axis=(1, 2)).mean() / (n * (n - 1))
+    dots = jnp.abs(jnp.einsum("bgd,bhd->bgh", emb, emb)) * (1 - jnp.eye(n))
+    return jnp.sum(dots, axis=(1, 2)).mean() / (n * (n - 1))
 
 
 def identity_rate(info):
@@ -162,7 +159,8 @@ def make_canonicalizer(canon_config, grp: canon.Group) -> nn.Module | None:
         e = canon_config.equivariant
         return canon.GroupCNN(grp, tuple(e.features), e.kernel_size, e.strides)
     if kind == "optimized":
-        return canon.OptimizedCanonicalizer(classify.make_model(canon_config.network), grp)
+        net = classify.make_model(canon_config.network)
+        return canon.OptimizedCanonicalizer(net, grp, canon_config.get("score_scale", 1.0))
     return None
 
 

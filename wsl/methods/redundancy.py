@@ -51,6 +51,7 @@ experiments/redundancy.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -225,15 +226,24 @@ def _moments(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 15):
     lead, k = x.shape[:-2], y.shape[-1]
     sxx, sxy = np.zeros((*lead, d, d)), np.zeros((*lead, d, k))
     sx, sy = np.zeros((*lead, 1, d)), np.zeros((*lead, 1, k))
-    for i in range(0, n, chunk):
-        xc = np.asarray(x[..., i : i + chunk, :], np.float64)
-        yc = np.asarray(y[..., i : i + chunk, :], np.float64)
-        xt = np.swapaxes(xc, -1, -2)
-        sxx += xt @ xc
-        sxy += xt @ yc
-        sx += xc.sum(-2, keepdims=True)
-        sy += yc.sum(-2, keepdims=True)
+    with _one_blas_thread():  # these thin products gain nothing from threads, and their
+        for i in range(0, n, chunk):  # spinning costs seconds on a busy machine
+            xc = np.asarray(x[..., i : i + chunk, :], np.float64)
+            yc = np.asarray(y[..., i : i + chunk, :], np.float64)
+            xt = np.swapaxes(xc, -1, -2)
+            sxx += xt @ xc
+            sxy += xt @ yc
+            sx += xc.sum(-2, keepdims=True)
+            sy += yc.sum(-2, keepdims=True)
     return sxx, sxy, sx, sy
+
+
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def lstsq(x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -204,13 +204,16 @@ def _flat(fn, x):
 class OptimizedCanonicalizer(nn.Module):
     """Panigrahi & Mondal 2024: ``network`` (any Flax module mapping (N, H, W, C) images
     to (N, D) vectors, not equivariant) embeds every candidate ``g_k^{-1} x``; the score of
-    pose k is the cosine between that embedding and a fixed reference vector drawn from
-    N(0, I) at init (variable ``constants/reference``, not a parameter).
+    pose k is ``scale`` times the cosine between that embedding and a fixed reference
+    vector drawn from N(0, I) at init (variable ``constants/reference``, not a parameter).
+    The reference code uses scale 1; a larger scale (an inverse temperature, as in CLIP)
+    lets the prior's cross-entropy saturate on well-ranked examples.
 
     Returns ``(scores (B, |G|), embeddings (B, |G|, D), candidates (B, |G|, H, W, C))``."""
 
     network: nn.Module
     group: Group
+    scale: float = 1.0
 
     @nn.compact
     def __call__(self, x):
@@ -221,7 +224,7 @@ class OptimizedCanonicalizer(nn.Module):
             "reference",
             lambda: jax.random.normal(self.make_rng("params"), emb.shape[-1:], jnp.float32),
         ).value
-        return cosine(emb, ref), emb, cands
+        return self.scale * cosine(emb, ref), emb, cands
 
 
 def regroup(grp: Group, phi: jax.Array) -> jax.Array:

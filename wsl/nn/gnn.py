@@ -269,8 +269,8 @@ class LazyEdges(NamedTuple):
 
 
 class GraphInput(nn.Module):
-    """Node features (N, d_node) and `LazyEdges` (`e.dense(senders, receivers)` evaluates
-    them to (E, d_edge)) of a neural graph (see the module docstring)."""
+    """Node features (N, d_node) and `LazyEdges` (`e.dense()` evaluates them to
+    (E, d_edge)) of a neural graph (see the module docstring)."""
 
     d_node: int
     d_edge: int
@@ -447,9 +447,8 @@ class PNALayer(nn.Module):
         project = e.projection(kernel, bias)
 
         def edge_chunk(h, *rows):
-            proj = project(rows)
-            m = proj[:, :d] * h + proj[:, d : 2 * d]
-            return m, (None if self.last else proj[:, 2 * d :])
+            scale, shift, pre = jnp.split(project(rows), [d, 2 * d], axis=1)  # not slices:
+            return scale * h + shift, (None if self.last else pre)  # backward concatenates
 
         # wide layers are FLOP-bound: keep their products for the backward pass
         m, pre = map_rows(edge_chunk, self.chunk, (h, *e.rows()), d >= 128)
