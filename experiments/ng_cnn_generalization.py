@@ -1,0 +1,90 @@
+"""Neural graphs (Kofinas et al. 2024), CNN generalisation: predict each network's test
+accuracy from its weights (wsl.methods.predict), Kendall tau on held-out networks.
+
+Data: our Small CNN Zoos (scripts/make_zoo.py with experiments/zoo_mnist.py /
+zoo_fashion_mnist.py, last recorded epoch of each model; the published CIFAR10-GS zoo
+cannot be reached here). Split 70 / 10 / 20 % of the models by seed.
+
+Select the encoder with `--config.encoder.name=NG-GNN` (MLP, StatNN, DeepSets, NG-GNN,
+NG-T, SNE; each takes its kwargs from `encoders.<name>` unless `encoder.kwargs` is set)
+and the zoo with `--config.data.path=zoos/fashion_mnist`.
+
+smoke: 600 networks, 300 steps, small encoders (minutes on a 2-core CPU).
+cpu:   every network of the zoo, 3,000 steps, the encoders of `smoke` widened.
+paper: the reference's sizes (NG-GNN d=256, 4 layers; NG-T d_node 64; batch 128,
+       Adam 1e-3), 200 epochs of the 30k-network zoos, for GPUs.
+
+    python -m wsl.main --config=experiments/ng_cnn_generalization.py:smoke \
+        --config.encoder.name=NG-GNN --workdir=runs/ng_cnn
+"""
+
+import ml_collections
+
+VARIANTS = ("smoke", "cpu", "paper")
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+    small, paper = variant == "smoke", variant == "paper"
+    c = ml_collections.ConfigDict()
+    c.method = "predict"
+    c.seed = 0
+    c.distributed = "auto"
+    c.data = ml_collections.ConfigDict(
+        {
+            "kind": "cnn_zoo",
+            "path": "zoos/mnist",
+            "test_path": "",
+            "step": "last",
+            "target": "test_accuracy",
+            "split": (0.7, 0.1, 0.2),
+            "max_networks": 600 if small else 0,
+        }
+    )
+    c.encoder = ml_collections.ConfigDict({"name": "NG-GNN", "kwargs": {}})
+    d = 256 if paper else (32 if small else 64)
+    c.encoders = ml_collections.ConfigDict(
+        {
+            "MLP": {"hidden": (256, 256, 256) if not small else (128, 128)},
+            "StatNN": {"hidden": (1000, 1000) if paper else (256, 256)},
+            "DeepSets": {"phi": (64, 64), "rho": (64,)},
+            "NG-GNN": {"hidden": d, "num_layers": 4, "pooling": "mean"},
+            "NG-T": {
+                "d_node": 64 if paper else 32, "d_edge": 32 if paper else 16,
+                "d_attn": 128 if paper else 32, "d_node_hidden": 128 if paper else 32,
+                "d_edge_hidden": 64 if paper else 16, "d_out_hidden": 128 if paper else 32,
+                "num_layers": 4 if paper else 2, "heads": 8 if paper else 2, "pooling": "mean",
+            },
+            "SNE": {"dim": 64 if not small else 32, "hidden": 64, "heads": 4, "depth": 1},
+        }
+    )  # fmt: skip
+    c.inputs = ml_collections.ConfigDict({"k_max": 3, "reverse": True, "chunk_size": 16})
+    c.augment = ml_collections.ConfigDict({"permute": False, "noise": 0.0, "dropout": 0.0})
+    c.loss = "bce"
+    c.invariance_weight = 0.0
+    steps = 300 if small else (3000 if variant == "cpu" else 47000)  # paper: 200 epochs
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": 1e-3 if paper else 2e-3,
+            "schedule": "cosine",
+            "warmup_steps": steps // 20,
+            "momentum": 0.0,
+            "weight_decay": 5e-4,
+        }
+    )
+    c.train = ml_collections.ConfigDict(
+        {
+            "batch_size": 64 if small else 128,
+            "num_steps": steps,
+            "eval_batch_size": 512,
+            "eval_every": steps // 3 if small else steps // 6,
+            "log_every": 50,
+            "checkpoint_every": 500,
+            "keep_checkpoints": 2,
+            "async_checkpoints": True,
+            "nan_at_step": 0,
+        }
+    )
+    return c

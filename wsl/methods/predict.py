@@ -1,0 +1,526 @@
+"""Property prediction from weights: the harness of the neural-graph and SNE tables.
+
+A data set of networks of one architecture (a Small CNN Zoo: regress each network's test
+accuracy; an INR set: classify the image each SIREN represents) is fed to any encoder of
+`wsl.nn` through one training loop (`wsl.train.loop`). The batch holds the networks'
+canonical weights (`wsl.weights.convert`), so weight-space augmentations run inside the
+jitted step, and each encoder's input is built there from the weights:
+
+| encoder    | module                    | input (built per step from the weights)          |
+|------------|---------------------------|--------------------------------------------------|
+| `MLP`      | `baselines.MLP`           | flat vector                                      |
+| `StatNN`   | `baselines.StatNN`        | per-layer statistics, standardised (train set)   |
+| `DeepSets` | `baselines.DeepSets`      | (value, layer position, is-bias) elements        |
+| `NG-GNN`   | `gnn.NGGNN`               | neural graph (`wsl.weights.graph`), one per net  |
+| `NG-T`     | `transformer.NGT`         | neural graph                                     |
+| `SNE`      | `sne.SNE`                 | chunk set (`wsl.weights.chunk`)                  |
+
+Weights are standardised per (layer, kernel/bias) with training-set statistics (a scalar
+shift and scale per array: hidden-neuron permutations commute with it). The positional
+embedding sizes of the graph encoders (`max_inputs`, ...) and PNA's average log degree
+are taken from the architecture unless the config sets them.
+
+Losses: accuracy regression with 'bce' (sigmoid output, binary cross-entropy against the
+accuracy, as the neural-graphs reference) or 'mse'; classification with cross-entropy.
+`invariance_weight > 0` adds the logit-invariance term (SNE, Andreis et al. 2024):
+mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network.
+Augmentations (`augment.*`, training only): a random hidden-neuron permutation, Gaussian
+weight noise (std in standardised units), weight dropout.
+
+Metrics (results.json): regression — Kendall tau, R^2 and RMSE on val and test;
+classification — accuracy and loss; both — `test_invariance_gap`, the mean |f(w) - f(pi w)|
+over test networks (0 for an invariant encoder up to float rounding).
+
+`data.test_path` (optional) evaluates on a second data set of the same architecture
+(cross-dataset transfer: train on one zoo, test on another); its metrics are reported
+with the prefix `transfer_`.
+
+Config (see experiments/ng_cnn_generalization.py):
+    seed
+    data.{kind: 'cnn_zoo' | 'inr_set', path, test_path, step, target, split, max_networks}
+    encoder.{name, kwargs}
+    inputs.{k_max, reverse, chunk_size}
+    augment.{permute, noise, dropout}
+    loss, invariance_weight
+    optimizer.{...}                                      # classify.make_optimizer
+    train.{num_steps, batch_size, eval_batch_size, ...}  # plus the loop's keys
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import optax
+import scipy.stats
+
+from wsl.data import inr as inr_data
+from wsl.data import splits
+from wsl.data import zoo as zoo_data
+from wsl.methods import classify
+from wsl.nn import baselines, gnn, sne, transformer
+from wsl.train import loop, parallel
+from wsl.weights import chunk as chunking
+from wsl.weights import graph as wgraph
+from wsl.weights.spec import NetSpec
+
+RESULTS_FILE = "results.json"
+ENCODERS = {
+    "MLP": (baselines.MLP, "flat"),
+    "StatNN": (baselines.StatNN, "stats"),
+    "DeepSets": (baselines.DeepSets, "elements"),
+    "NG-GNN": (gnn.NGGNN, "graph"),
+    "NG-T": (transformer.NGT, "graph"),
+    "SNE": (sne.SNE, "chunks"),
+}
+KINDS = ("cnn_zoo", "inr_set")
+LOSSES = ("bce", "mse")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class WeightData:
+    """Networks of one architecture: `weights` canonical (tuple of per-layer dicts of
+    stacked (N, ...) arrays), `target` (N,) float accuracy or int class, `splits`
+    {'train', 'val', 'test'} -> row indices, `num_classes` (0: regression)."""
+
+    spec: NetSpec
+    weights: tuple
+    target: np.ndarray
+    splits: dict
+    num_classes: int
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+def _finite_rows(weights) -> np.ndarray:
+    ok = None
+    for arrays in weights:
+        for a in arrays.values():
+            f = np.isfinite(a.reshape(len(a), -1)).all(1)
+            ok = f if ok is None else ok & f
+    return ok
+
+
+def _take(weights, rows) -> tuple:
+    return tuple({k: np.ascontiguousarray(v[rows]) for k, v in a.items()} for a in weights)
+
+
+def _subsample(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    if not n or n >= len(rows):
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def load_data(data_config, seed: int, path=None) -> WeightData:
+    """A CNN zoo (target: a metrics column, default test accuracy) or an INR set (target:
+    the image label). Rows with non-finite weights or targets are dropped."""
+    kind = data_config.kind
+    if kind not in KINDS:
+        raise loop.UserError(f"unknown data.kind {kind!r}; choose one of {KINDS}")
+    path = pathlib.Path(os.path.expanduser(str(path or data_config.path)))
+    if not path.exists():
+        script = "make_zoo.py" if kind == "cnn_zoo" else "fit_inrs.py"
+        raise loop.UserError(
+            f"data.path {str(path)!r} does not exist; generate it with scripts/{script} "
+            "(see README: Model zoos and INR sets) or point data.path at it"
+        )
+    sizes = tuple(data_config.get("split", (0.7, 0.1, 0.2)))
+    max_n = data_config.get("max_networks", 0)
+    try:
+        if kind == "cnn_zoo":
+            z = zoo_data.load_small_cnn_zoo(path, step=data_config.get("step", "last"))
+            target_name = data_config.get("target", "test_accuracy")
+            if target_name not in z.metrics:
+                raise loop.UserError(
+                    f"data.target {target_name!r} is not a column of {path}/metrics; "
+                    f"choose one of {sorted(z.metrics)}"
+                )
+            weights = tuple(
+                {k: np.asarray(v, np.float32) for k, v in a.items()} for a in z.canonical()
+            )
+            target = np.asarray(z.metrics[target_name], np.float32)
+            spec, num_classes = z.spec, 0
+            ok = _finite_rows(weights) & np.isfinite(target)
+            rows = _subsample(np.nonzero(ok)[0], max_n, seed)
+            parts = splits.random_split(len(rows), sizes, seed)
+            split_rows = {k: rows[v] for k, v in parts.items()}
+        else:
+            s = inr_data.load_inr_set(path)
+            spec = s.spec
+            flat = np.asarray(s.flat, np.float32)
+            weights = _unflatten_rows(spec, flat)
+            target = np.asarray(s.label, np.int32)
+            num_classes = int(target.max()) + 1 if len(target) else 0
+            ok = _finite_rows(weights)
+            train_rows = _subsample(np.nonzero(ok & (s.split == 0))[0], max_n, seed)
+            test_rows = np.nonzero(ok & (s.split == 1))[0]
+            val_frac = sizes[1] / max(sizes[0] + sizes[1], 1e-9)
+            cut = splits.random_split(
+                len(train_rows), (1 - val_frac, val_frac), seed, ("train", "val")
+            )
+            split_rows = {k: train_rows[v] for k, v in cut.items()} | {"test": test_rows}
+    except (FileNotFoundError, ValueError) as e:
+        raise loop.UserError(f"data.path: {e}") from None
+    if min(len(v) for v in split_rows.values()) == 0:
+        raise loop.UserError(
+            f"{path}: a split is empty ({ {k: len(v) for k, v in split_rows.items()} }); "
+            "use a larger data set or other data.split fractions"
+        )
+    return WeightData(spec, weights, target, split_rows, num_classes, str(path))
+
+
+def _unflatten_rows(spec: NetSpec, flat: np.ndarray) -> tuple:
+    """(N, P) canonical flat rows -> canonical weights with a leading (N,) axis."""
+    out, pos = [], 0
+    for layer in spec.layers:
+        arrays = {}
+        for role, shape in layer.shapes:
+            size = int(np.prod(shape))
+            arrays[role] = flat[:, pos : pos + size].reshape(len(flat), *shape)
+            pos += size
+        out.append(arrays)
+    if pos != flat.shape[1]:
+        raise ValueError(f"rows have {flat.shape[1]} values, the spec {pos}")
+    return tuple(out)
+
+
+def weight_stats(weights, rows) -> tuple:
+    """Per (layer, role): (mean, std) over the given rows, as Python floats."""
+    return tuple(
+        {k: (float(v[rows].mean()), float(v[rows].std()) or 1.0) for k, v in a.items()}
+        for a in weights
+    )
+
+
+def standardise(weights, stats) -> tuple:
+    return tuple(
+        {k: (v - stats[i][k][0]) / stats[i][k][1] for k, v in a.items()}
+        for i, a in enumerate(weights)
+    )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def graph_batch(spec: NetSpec, weights, k_max: int, reverse: bool) -> dict:
+    """A batch of networks of one spec (leading axis B) -> {'graph', 'graph_mask'}: B
+    copies of the spec's neural graph, concatenated (no padding graphs: every graph has
+    the same size). Traceable."""
+    st = wgraph.structure(spec, k_max, reverse)
+    bias, edges = jax.vmap(lambda w: wgraph.graph_features(spec, w, k_max, reverse))(weights)
+    b, n, e = bias.shape[0], st["n_nodes"], len(st["senders"])
+    offset = (jnp.arange(b, dtype=jnp.int32) * n)[:, None]
+    tile = lambda a: jnp.tile(jnp.asarray(a), b)
+    g = jraph.GraphsTuple(
+        nodes={
+            "bias": bias.reshape(b * n, 1),
+            "layer": tile(st["layer"]),
+            "index": tile(st["index"]),
+            "role": tile(st["role"]),
+        },
+        edges={"weight": edges.reshape(b * e, -1), "type": tile(st["type"])},
+        senders=(jnp.asarray(st["senders"])[None] + offset).reshape(-1),
+        receivers=(jnp.asarray(st["receivers"])[None] + offset).reshape(-1),
+        n_node=jnp.full((b,), n, jnp.int32),
+        n_edge=jnp.full((b,), e, jnp.int32),
+        globals=None,
+    )
+    return {"graph": g, "graph_mask": jnp.ones((b,), bool)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """How to turn a batch of standardised weights into an encoder's input."""
+
+    spec: NetSpec
+    kind: str  # flat | stats | elements | graph | chunks
+    k_max: int
+    reverse: bool
+    chunk_size: int
+    stats_mean: tuple = ()
+    stats_std: tuple = ()
+
+    def __call__(self, weights) -> dict:
+        spec = self.spec
+        if self.kind == "flat":
+            flat = [v.reshape(v.shape[0], -1) for a in weights for v in a.values()]
+            return {"flat": jnp.concatenate(flat, axis=1)}
+        if self.kind == "stats":
+            s = jax.vmap(lambda w: baselines.statnn_features(spec, w))(weights)
+            return {"stats": (s - jnp.asarray(self.stats_mean)) / jnp.asarray(self.stats_std)}
+        if self.kind == "elements":
+            el = jax.vmap(lambda w: baselines.set_elements(spec, w))(weights)
+            return {"elements": el, "element_mask": jnp.ones(el.shape[:2], bool)}
+        if self.kind == "graph":
+            return graph_batch(spec, weights, self.k_max, self.reverse)
+        return chunking.chunk_batch(spec, weights, self.chunk_size)
+
+
+def graph_defaults(spec: NetSpec, k_max: int, reverse: bool) -> dict:
+    """Positional-embedding sizes and PNA's average log degree of one architecture."""
+    st = wgraph.structure(spec, k_max, reverse)
+    deg = np.bincount(st["receivers"], minlength=st["n_nodes"])
+    return {
+        "max_inputs": spec.layers[0].in_features,
+        "max_hidden_layers": max(len(spec.layers) - 1, 1),
+        "max_outputs": spec.layers[-1].out_features,
+        "avg_log_degree": float(np.mean(np.log(deg + 1.0))),
+    }
+
+
+def make_encoder(enc_config, spec: NetSpec, out_dim: int, inputs_config, table=None):
+    """(flax module, input kind, whether it takes `train`) from config.encoder; its kwargs
+    are `encoder.kwargs`, or `table[name]` (config.encoders) when those are empty."""
+    if enc_config.name not in ENCODERS:
+        raise loop.UserError(
+            f"unknown encoder {enc_config.name!r} (config.encoder.name); choose one of "
+            f"{sorted(ENCODERS)}"
+        )
+    cls, kind = ENCODERS[enc_config.name]
+    kwargs = enc_config.get("kwargs") or {}
+    if not kwargs and enc_config.name in (table or {}):
+        kwargs = table[enc_config.name]
+    kwargs = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in (kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)).items()
+    }
+    if kind == "graph":
+        defaults = graph_defaults(spec, inputs_config.k_max, inputs_config.reverse)
+        if enc_config.name == "NG-T":
+            defaults.pop("avg_log_degree")
+        kwargs = defaults | kwargs
+    try:
+        module = cls(out_dim=out_dim, **kwargs)
+    except TypeError as e:
+        raise loop.UserError(f"config.encoder.kwargs: {e}") from None
+    return module, kind, enc_config.name != "SNE"
+
+
+# ----------------------------------------------------------------------------- task
+
+
+def augment(spec: NetSpec, weights, key, aug) -> tuple:
+    """Training-time augmentations of a batch of (standardised) weights."""
+    kp, kn, kd = jax.random.split(key, 3)
+    if aug.get("permute", False):
+        weights = sne.permute_batch(spec, weights, kp)
+    leaves, tree = jax.tree.flatten(weights)
+    noise, p = aug.get("noise", 0.0), aug.get("dropout", 0.0)
+    nkeys = jax.random.split(kn, len(leaves))
+    dkeys = jax.random.split(kd, len(leaves))
+    out = []
+    for v, k1, k2 in zip(leaves, nkeys, dkeys, strict=True):
+        if noise:
+            v = v + noise * jax.random.normal(k1, v.shape)
+        if p:
+            v = v * jax.random.bernoulli(k2, 1 - p, v.shape) / (1 - p)
+        out.append(v)
+    return jax.tree.unflatten(tree, out)
+
+
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
+    tau = scipy.stats.kendalltau(pred, y).statistic if np.std(pred) > 0 else 0.0
+    ss_res = float(np.sum((pred - y) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2)) or 1.0
+    return {
+        "kendall_tau": float(tau),
+        "r2": 1.0 - ss_res / ss_tot,
+        "rmse": float(np.sqrt(np.mean((pred - y) ** 2))),
+    }
+
+
+def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
+    """(loop.Task, predict function) for `data`; `extra_eval` {prefix: WeightData} are
+    evaluated too (same architecture)."""
+    train_rows = data.splits["train"]
+    stats = weight_stats(data.weights, train_rows)
+    norm = lambda w: standardise(w, stats)
+    inp_cfg = config.inputs
+    regression = data.num_classes == 0
+    out_dim = 1 if regression else data.num_classes
+    model, kind, takes_train = make_encoder(
+        config.encoder, data.spec, out_dim, inp_cfg, config.get("encoders")
+    )
+    inputs = Inputs(data.spec, kind, inp_cfg.k_max, inp_cfg.reverse, inp_cfg.chunk_size)
+    if kind == "stats":  # standardise the statistics with the training set's
+        w = norm(_take(data.weights, train_rows[:4096]))
+        s = np.asarray(jax.jit(jax.vmap(lambda x: baselines.statnn_features(data.spec, x)))(w))
+        sd = s.std(0)
+        inputs = dataclasses.replace(
+            inputs,
+            stats_mean=tuple(s.mean(0).tolist()),
+            stats_std=tuple(np.where(sd > 0, sd, 1.0).tolist()),
+        )
+    loss_name = config.get("loss", "bce")
+    if regression and loss_name not in LOSSES:
+        raise loop.UserError(f"unknown loss {loss_name!r} (config.loss); choose one of {LOSSES}")
+    inv_weight = float(config.get("invariance_weight", 0.0))
+    tx = classify.make_optimizer(config.optimizer, config.train.num_steps)
+    batch_size = config.train.batch_size
+
+    def apply(params, weights, train=False, key=None):
+        x = inputs(weights)
+        if takes_train:
+            rngs = {"dropout": key} if key is not None else None
+            return model.apply({"params": params}, x, train=train, rngs=rngs)
+        return model.apply({"params": params}, x)
+
+    def predict(params, weights):
+        """Predictions on the target's scale: accuracy (regression) or class logits."""
+        out = apply(params, weights)
+        if regression:
+            out = out[:, 0]
+            return jax.nn.sigmoid(out) if loss_name == "bce" else out
+        return out
+
+    def task_loss(out, y):
+        if not regression:
+            return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+        out = out[:, 0]
+        if loss_name == "bce":
+            return optax.sigmoid_binary_cross_entropy(out, y).mean()
+        return jnp.mean((out - y) ** 2)
+
+    def init(key):
+        pkey, dkey, skey = jax.random.split(key, 3)
+        sample = _take(data.weights, train_rows[:2])
+        x = inputs(sample)
+        if takes_train:
+            params = model.init({"params": pkey, "dropout": dkey}, x, train=False)["params"]
+        else:
+            params = model.init({"params": pkey}, x)["params"]
+        return loop.new_state(params, tx.init(params), skey)
+
+    def train_step(state, batch, key):
+        akey, dkey, pkey = jax.random.split(key, 3)
+        w = augment(data.spec, batch["weights"], akey, config.augment)
+
+        def loss_fn(params):
+            out = apply(params, w, True, dkey)
+            loss = task_loss(out, batch["y"])
+            if inv_weight:
+                out_pi = apply(params, sne.permute_batch(data.spec, w, pkey), True, dkey)
+                loss = loss + inv_weight * jnp.mean((out - out_pi) ** 2)
+            return loss, out
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss}
+        if not regression:
+            metrics["accuracy"] = jnp.mean(jnp.argmax(out, -1) == batch["y"])
+        return state.replace(params=params, opt_state=opt_state), metrics
+
+    def eval_fn(state, batch):
+        w = batch["weights"]
+        y = predict(state.params, w)
+        y_pi = predict(state.params, sne.permute_batch(data.spec, w, jax.random.key(123)))
+        return {"pred": y, "gap": jnp.abs(y - y_pi).reshape(len(y), -1).mean(1)}
+
+    eval_jit = parallel.jit_eval(eval_fn, mesh)
+    eval_bs = -(-config.train.eval_batch_size // mesh.devices.size) * mesh.devices.size
+    mine = parallel.process_slice(eval_bs)
+
+    def predictions(state, d: WeightData, rows):
+        preds, gaps = [], []
+        for start in range(0, len(rows), eval_bs):
+            idx = rows[start : start + eval_bs]
+            idx = np.concatenate([idx, np.full(eval_bs - len(idx), idx[0])])
+            w = norm(_take(d.weights, idx[mine]))
+            out = eval_jit(state, parallel.shard_batch({"weights": w}, mesh))
+            n = min(eval_bs, len(rows) - start)
+            preds.append(np.asarray(out["pred"])[:n])
+            gaps.append(np.asarray(out["gap"])[:n])
+        return np.concatenate(preds), np.concatenate(gaps)
+
+    sets = {k: (data, data.splits[k]) for k in ("val", "test")}
+    for prefix, d in (extra_eval or {}).items():
+        sets[prefix] = (d, np.arange(len(d)))
+
+    def evaluate(state):
+        out = {}
+        for name, (d, rows) in sets.items():
+            pred, gap = predictions(state, d, rows)
+            y = d.target[rows]
+            if regression:
+                out |= {f"{name}_{k}": v for k, v in regression_metrics(pred, y).items()}
+            else:
+                ce = optax.softmax_cross_entropy_with_integer_labels(pred, y)
+                out[f"{name}_accuracy"] = float(np.mean(np.argmax(pred, -1) == y))
+                out[f"{name}_loss"] = float(np.mean(ce))
+            out[f"{name}_invariance_gap"] = float(np.mean(gap))
+        return out
+
+    mine_train = parallel.process_slice(batch_size)
+    if len(train_rows) < batch_size:
+        raise loop.UserError(
+            f"config.train.batch_size {batch_size} exceeds the {len(train_rows)} training "
+            "networks; lower it or use a larger data set"
+        )
+
+    def batch(step):
+        idx = train_rows[loop.batch_indices(len(train_rows), batch_size, config.seed, step)]
+        idx = idx[mine_train]
+        return {"weights": norm(_take(data.weights, idx)), "y": data.target[idx]}
+
+    return loop.Task(init, train_step, batch, batch_size, evaluate), model
+
+
+def run(config, workdir) -> dict:
+    """Train config.encoder on config.data; write and return workdir/results.json."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = parallel.make_mesh()
+    data = load_data(config.data, config.seed)
+    extra = {}
+    if config.data.get("test_path", ""):
+        other = load_data(config.data, config.seed, path=config.data.test_path)
+        if other.spec.layers != data.spec.layers:
+            raise loop.UserError(
+                f"data.test_path {config.data.test_path!r} holds another architecture than "
+                f"data.path {config.data.path!r}"
+            )
+        extra["transfer"] = _rows_only(other, other.splits["test"])
+    task, model = build(config, data, mesh, extra)
+    t0 = time.perf_counter()
+    state, final = loop.train(task, config, workdir, mesh=mesh)
+    wall = time.perf_counter() - t0
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    results = {
+        **final,
+        "step": int(state.step),
+        "encoder": config.encoder.name,
+        "data": data.source,
+        "num_networks": {k: int(len(v)) for k, v in data.splits.items()},
+        "num_params": n_params,
+        "wall_s": wall,
+    }
+    if jax.process_index() == 0:
+        (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        keys = [k for k in results if k.startswith(("test_", "transfer_"))]
+        print(" ".join(f"{k}={results[k]:.4f}" for k in keys))
+    return results
+
+
+def _rows_only(d: WeightData, rows) -> WeightData:
+    """`d` restricted to `rows` (all of them form its 'test' split)."""
+    return WeightData(
+        d.spec,
+        _take(d.weights, rows),
+        d.target[rows],
+        {"test": np.arange(len(rows))},
+        d.num_classes,
+        d.source,
+    )
