@@ -56,7 +56,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
                 "d_edge_hidden": 64 if paper else 16, "d_out_hidden": 128 if paper else 32,
                 "num_layers": 4 if paper else 2, "heads": 8 if paper else 2, "pooling": "mean",
             },
-            "SNE": {"dim": 64 if not small else 32, "hidden": 64, "heads": 4, "depth": 1},
+            "SNE": {"dim": 64 if not small else 32, "hidden": 64, "heads": 4, "depth": 1,
+                    "layer_encoding": True, "chunk_pos_encoding": False},
         }
     )  # fmt: skip
     c.inputs = ml_collections.ConfigDict({"k_max": 3, "reverse": True, "chunk_size": 16})

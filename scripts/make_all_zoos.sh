@@ -1,7 +1,19 @@
-cd /work/main
-export WSL_DATA_DIR=/work/shared/data
-.venv/bin/python scripts/fit_inrs.py --config=experiments/inr_mnist.py:cpu --out=inrs/mnist >> inrs/mnist/log.txt 2>&1
-.venv/bin/python scripts/fit_inrs.py --config=experiments/inr_fashion_mnist.py:cpu --out=inrs/fashion_mnist >> inrs/fashion_mnist/log.txt 2>&1
-.venv/bin/python scripts/make_zoo.py --config=experiments/zoo_mnist.py:cpu --out=zoos/mnist >> zoos/mnist/log.txt 2>&1
-.venv/bin/python scripts/make_zoo.py --config=experiments/zoo_fashion_mnist.py:cpu --out=zoos/fashion_mnist >> zoos/fashion_mnist/log.txt 2>&1
-.venv/bin/python scripts/make_zoo.py --config=experiments/zoo_hetero.py:cpu --out=zoos/hetero >> zoos/hetero/log.txt 2>&1
+#!/usr/bin/env bash
+# Generate every zoo and INR set the weight-space tables train on (README: Model zoos and
+# INR sets), one after another; each step is resumable, so rerun this after a kill.
+#   nohup nice -n 10 bash scripts/make_all_zoos.sh > zoos/run_all.log 2>&1 &
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export WSL_DATA_DIR="${WSL_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+mkdir -p zoos/mnist zoos/fashion_mnist zoos/hetero inrs/mnist inrs/fashion_mnist
+step() {  # step NAME SCRIPT CONFIG OUT
+  if [ -f "$4/weights.npy" ] && [ -f "$4/config.json" ]; then echo "$1: done"; return; fi
+  echo "$1: start $(date -u +%FT%TZ)"
+  .venv/bin/python "scripts/$2" --config="$3" --out="$4" >> "$4/log.txt" 2>&1
+  echo "$1: exit $? $(date -u +%FT%TZ)"
+}
+step inr_mnist fit_inrs.py experiments/inr_mnist.py:cpu inrs/mnist
+step zoo_mnist make_zoo.py experiments/zoo_mnist.py:cpu zoos/mnist
+step inr_fashion_mnist fit_inrs.py experiments/inr_fashion_mnist.py:cpu inrs/fashion_mnist
+step zoo_fashion_mnist make_zoo.py experiments/zoo_fashion_mnist.py:cpu zoos/fashion_mnist
+step zoo_hetero make_zoo.py experiments/zoo_hetero.py:cpu zoos/hetero

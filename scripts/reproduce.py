@@ -43,6 +43,8 @@ class Run:
     metric: str
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    folder: str = ""  # runs/<folder>/<variant>/seed<k>: tables that name the same folder
+    #                   share its runs (default runs/<table>/<method>-<dataset>/...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Table:
     runs: tuple[Run, ...]
     paper: tuple[Paper, ...] = ()
     title: str = ""
+    plot: str = "bar"  # 'bar' (one bar per row) or 'lines' (metric on the x axis, one
+    #                    line per method and dataset; e.g. accuracy vs compression)
 
 
 TABLES: dict[str, Table] = {
@@ -132,6 +136,7 @@ for _name, _data, _what in (
 # metrics of the same run (shared folder). Paper values: NeuMeta Table (ResNet20, lossless
 # CIFAR-10), as fractions.
 TABLES["metamorph_resnet"] = Table(
+    plot="lines",
     title="Neural metamorphosis, ResNet20 on the CIFAR-10 JPEG copy: test accuracy at "
     "compression 0/25/50/75 % of the last block's inner width (64/48/32/16; 75 % never "
     "trained). NeuMeta = INR generating the last block (Yang & Wang 2024); Sliced = "
@@ -153,6 +158,99 @@ TABLES["metamorph_resnet"] = Table(
             ("Individual", (92.60, 90.65, 89.57, 87.04)),
         )  # fmt: skip
         for c, v in zip((0, 25, 50, 75), values, strict=True)
+    ),
+)
+
+
+# Weight-space property prediction (issues #5 and #6): every run is one encoder on one
+# data set with wsl.methods.predict; runs live in runs/predict/<table config>/<dataset>/
+# <encoder>/..., so the SNE tables reuse the neural-graph tables' baseline runs.
+ZOOS = (("MNIST", "zoos/mnist"), ("Fashion-MNIST", "zoos/fashion_mnist"))
+INRS = (("MNIST", "inrs/mnist"), ("Fashion-MNIST", "inrs/fashion_mnist"))
+BASELINES = ("MLP", "StatNN", "DeepSets")
+SEEDS = (0, 1, 2)
+
+
+def _predict_run(encoder, dataset, path, config, metric, extra=(), tag="", seeds=SEEDS):
+    stem = pathlib.Path(config).stem
+    overrides = (f"encoder.name={encoder}", f"data.path={path}", *extra)
+    folder = f"predict/{stem}/{dataset.replace('->', '_to_')}/{encoder}{tag}"
+    method = encoder + tag
+    return Run(method, dataset, config, metric, overrides, seeds, folder)
+
+
+TABLES["ng_cnn_generalization"] = Table(
+    title="Neural graphs (Kofinas et al. 2024), CNN generalisation: Kendall tau between "
+    "predicted and true test accuracy of held-out CNNs of our Small CNN Zoos (last epoch). "
+    "The paper reports NG-GNN 0.93 on CIFAR10-GS (not reachable here), above StatNN",
+    runs=tuple(
+        _predict_run(enc, ds, path, "experiments/ng_cnn_generalization.py", "test_kendall_tau")
+        for ds, path in ZOOS
+        for enc in (*BASELINES, "NG-GNN", "NG-T")
+    ),
+)
+TABLES["ng_inr_classification"] = Table(
+    title="Neural graphs (Kofinas et al. 2024), INR classification: test accuracy of "
+    "classifying our SIREN sets' INRs by the image's class. Paper: NG-GNN on the DWSNets sets",
+    runs=tuple(
+        _predict_run(enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy")
+        for ds, path in INRS
+        for enc in (*BASELINES, "NG-GNN", "NG-T")
+    ),
+    paper=(
+        Paper("NG-GNN", "MNIST", "test_accuracy", 0.914),
+        Paper("NG-GNN", "Fashion-MNIST", "test_accuracy", 0.680),
+    ),
+)
+TABLES["sne_cnn"] = Table(
+    title="SNE (Andreis et al. 2024): Kendall tau of predicted test accuracy on our Small "
+    "CNN Zoos, beside the neural-graph table's baselines (same runs, splits and seeds)",
+    runs=tuple(
+        _predict_run(enc, ds, path, "experiments/ng_cnn_generalization.py", "test_kendall_tau")
+        for ds, path in ZOOS
+        for enc in ("SNE", *BASELINES, "NG-GNN")
+    ),
+)
+TABLES["sne_inr"] = Table(
+    title="SNE (Andreis et al. 2024): INR classification accuracy on our SIREN sets, beside "
+    "the neural-graph table's encoders (same runs)",
+    runs=tuple(
+        _predict_run(enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy")
+        for ds, path in INRS
+        for enc in ("SNE", *BASELINES, "NG-GNN")
+    ),
+)
+TABLES["sne_transfer"] = Table(
+    title="Cross-dataset transfer: train on one Small CNN Zoo, Kendall tau on all networks "
+    "of the other (transfer_kendall_tau)",
+    runs=tuple(
+        _predict_run(
+            enc,
+            f"{src}->{dst}",
+            spath,
+            "experiments/ng_cnn_generalization.py",
+            "transfer_kendall_tau",
+            (f"data.test_path={dpath}",),
+        )
+        for (src, spath), (dst, dpath) in (ZOOS, ZOOS[::-1])
+        for enc in ("SNE", "StatNN", "NG-GNN")
+    ),
+)
+TABLES["sne_ablation"] = Table(
+    title="SNE ablations on the MNIST Small CNN Zoo: chunk size, layer encodings, logit "
+    "invariance (Kendall tau; invariance gap = mean |f(w) - f(pi w)| on test networks)",
+    runs=tuple(
+        _predict_run(
+            "SNE", "MNIST", "zoos/mnist", "experiments/ng_cnn_generalization.py", metric, extra, tag
+        )  # fmt: skip
+        for tag, extra in (
+            ("", ()),
+            ("-c8", ("inputs.chunk_size=8",)),
+            ("-c32", ("inputs.chunk_size=32",)),
+            ("-noenc", ("encoders.SNE.layer_encoding=False",)),
+            ("-logitinv", ("invariance_weight=1.0",)),
+        )
+        for metric in ("test_kendall_tau", "test_invariance_gap")
     ),
 )
 
@@ -239,13 +337,14 @@ def reproduce(name: str, variant: str, runs_dir, results_dir, argv=None) -> dict
     import numpy as np
 
     table = TABLES[name]
-    rows, errors, wall = [], [], 0.0
+    rows, errors, walls = [], [], {}
     for run in table.runs:
         values = []
         for seed in run.seeds:
-            workdir = pathlib.Path(runs_dir).absolute() / name / slug(run) / variant / f"seed{seed}"
+            folder = run.folder or f"{name}/{slug(run)}"
+            workdir = pathlib.Path(runs_dir).absolute() / folder / variant / f"seed{seed}"
             out = run_seed(run, variant, seed, workdir)
-            wall += out["wall_s"]
+            walls[workdir] = out["wall_s"]  # rows of one run share its wall time
             if out["error"]:
                 errors.append(f"{slug(run)} seed {seed}: {out['error']} (see {workdir})")
             else:
@@ -270,13 +369,13 @@ def reproduce(name: str, variant: str, runs_dir, results_dir, argv=None) -> dict
         "commit": commit(),
         "date": now(),
         "machine": machine(),
-        "wall_s": wall,
+        "wall_s": float(sum(walls.values())),
     }
     results_dir = pathlib.Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     (results_dir / f"{name}.md").write_text(markdown(record, table.title, errors))
-    plot(record, results_dir / f"{name}.png")
+    (plot_lines if table.plot == "lines" else plot)(record, results_dir / f"{name}.png")
     if errors:
         raise RuntimeError("some runs failed:\n  " + "\n  ".join(errors))
     return record
@@ -356,10 +455,61 @@ def plot(record: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_lines(record: dict, path) -> None:
+    """One line per (method, dataset) over its metrics in table order (e.g. accuracy at
+    compression 0/25/50/75 %), ours solid with std bands, the paper's dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lines = dict.fromkeys((r["method"], r["dataset"]) for r in record["rows"])
+    metrics = [  # the metrics every line has (extra per-method metrics stay in the table)
+        m
+        for m in dict.fromkeys(r["metric"] for r in record["rows"])
+        if all(any((r["method"], r["dataset"], r["metric"]) == (*k, m) for r in record["rows"])
+               for k in lines)
+    ]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (method, dataset) in enumerate(lines):
+        colour = f"C{i}"
+        rows = {
+            r["metric"]: r
+            for r in record["rows"]
+            if (r["method"], r["dataset"]) == (method, dataset)
+        }
+        xs = [j for j, m in enumerate(metrics) if m in rows and rows[m]["mean"] is not None]
+        if xs:
+            mean = np.asarray([rows[metrics[j]]["mean"] for j in xs])
+            std = np.asarray([rows[metrics[j]]["std"] or 0.0 for j in xs])
+            ax.plot(xs, mean, "o-", color=colour, label=f"{method} (ours)")
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2)
+        paper = [(j, _paper_value(record, {"method": method, "dataset": dataset, "metric": m}))
+                 for j, m in enumerate(metrics)]  # fmt: skip
+        paper = [(j, v) for j, v in paper if v is not None]
+        if paper:
+            ax.plot(*zip(*paper, strict=True), "s--", color=colour, alpha=0.6,
+                    label=f"{method} (paper)")  # fmt: skip
+    ax.set_xticks(range(len(metrics)), metrics)
+    ax.set_title(f"{record['table']} ({record['variant']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True, help=f"one of {sorted(TABLES)} or 'all'")
-    parser.add_argument("--variant", default="smoke", choices=("smoke", "paper"))
+    parser.add_argument(
+        "--variant",
+        default="smoke",
+        choices=("smoke", "cpu", "paper"),
+        help="smoke: minutes on a CPU; cpu: the full table on a CPU (where a config has "
+        "it, e.g. the weight-space tables on our zoos); paper: published sizes, for GPUs",
+    )
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
     args = parser.parse_args(argv)

@@ -376,15 +376,17 @@ def train_subset(key, n_total: int, n_sub: int):
     return jax.random.permutation(jax.random.fold_in(key, 1 << 20), n_total)[:n_sub]
 
 
-@functools.partial(jax.jit, static_argnames=("act", "conv", "chunk"))
-def evaluate_cnns(params, l2, x, y, n=None, act=0, conv="im2col", chunk=1000):
+@functools.partial(jax.jit, static_argnames=("act", "conv", "chunk", "layout"))
+def evaluate_cnns(params, l2, x, y, n=None, act=0, conv="im2col", chunk=1000, layout=None):
     """Keras-style (loss incl. l2 penalty, accuracy) of K stacked models with activation
     index `act`. `params`: stacked SmallCNN params or (K, P) published-layout rows.
     `x`, `y`: one set shared by all models ((N, H, W, C), (N,)) or one per model
     ((K, N, H, W, C), (K, N)); only the first `n` examples count (default all), so
-    padded sets share one compiled program. Returns two (K,) arrays."""
+    padded sets share one compiled program. `layout`: the rows' `keras_layout` (default
+    the published 3-layer one). Returns two (K,) arrays."""
     if not isinstance(params, Mapping):
-        params = jax.vmap(lambda f: unflatten_cnn(f, tuple(keras_layout())))(params)
+        layout = tuple(keras_layout()) if layout is None else layout
+        params = jax.vmap(lambda f: unflatten_cnn(f, layout))(params)
     shared = y.ndim == 1
     total = y.shape[-1]
     n = total if n is None else n
@@ -650,7 +652,7 @@ def train_cnn_chunk(
 
     def evaluate(params):
         te_loss, te_acc = evaluate_cnns(
-            params, hyp.l2, data.test_x, data.test_y, act=act, conv=conv
+            params, hyp.l2, data.test_x, data.test_y, act=act, conv=conv, layout=layout
         )
         # train metrics: each model on (the start of) its own training subset
         tr_loss, tr_acc = evaluate_cnns(
@@ -661,6 +663,7 @@ def train_cnn_chunk(
             n_eval,
             act=act,
             conv=conv,
+            layout=layout,
         )
         return np.stack(
             [np.asarray(te_acc), np.asarray(te_loss), np.asarray(tr_acc), np.asarray(tr_loss)],
@@ -1035,6 +1038,8 @@ def generate_cnn_zoo(
             train_eval_size=cfg["train_eval_size"],
             formulation=cfg["trainer"]["formulation"],
             conv=cfg["trainer"]["conv"],
+            num_layers=cfg.get("num_layers", 3),
+            features=cfg.get("features", 16),
             pad_to=cfg["trainer"]["models_per_shard"],
             progress=bar.update,
         )
@@ -1080,8 +1085,8 @@ def assemble_cnn_zoo(cfg: Mapping, out, extra: Mapping | None = None) -> dict:
                 m["init_std"],
                 m["l2reg"],
                 m["learning_rate"],
-                3,
-                16,
+                cfg.get("num_layers", 3),
+                cfg.get("features", 16),
                 m["optimizer"],
                 cfg["seed"],
                 m["train_fraction"],
@@ -1103,7 +1108,9 @@ def assemble_cnn_zoo(cfg: Mapping, out, extra: Mapping | None = None) -> dict:
         ["", *CONFIG_COLUMNS, "modeldir", "step", *METRICS, "nonfinite_steps"],
         rows,
     )
-    _atomic_write(out / "layout.csv", layout_csv(keras_layout()).encode())
+    cin = 1  # the Unterthiner preprocessing is greyscale
+    layout = keras_layout(cfg.get("num_layers", 3), cin, cfg.get("features", 16))
+    _atomic_write(out / "layout.csv", layout_csv(layout).encode())
     final = np.asarray([r[-5] for r in rows if r[len(CONFIG_COLUMNS) + 2] == rec[-1]])
     spread = {
         "test_accuracy_min": float(final.min()),

@@ -79,6 +79,7 @@ class SNEEncoder(nn.Module):
     block: int | None = 512
     window: int | None = None
     chunk_pos_encoding: bool = False
+    layer_encoding: bool = True  # False: no layer-type / layer-position encodings (ablation)
 
     @nn.compact
     def __call__(self, chunks: dict) -> jax.Array:
@@ -87,10 +88,11 @@ class SNEEncoder(nn.Module):
         seg = jnp.where(chunks["chunk_mask"], chunks["layer_id"], -1)
 
         x = nn.Dense(self.dim, name="embed")(jnp.concatenate([values * mask, mask], axis=-1))
-        x = x + nn.Embed(chunking.NUM_LAYER_TYPES, self.dim, name="chunk_type")(
-            chunks["layer_type"]
-        )
-        x = x + sinusoidal(chunks["layer_pos"], self.dim)
+        if self.layer_encoding:
+            x = x + nn.Embed(chunking.NUM_LAYER_TYPES, self.dim, name="chunk_type")(
+                chunks["layer_type"]
+            )
+            x = x + sinusoidal(chunks["layer_pos"], self.dim)
         if self.chunk_pos_encoding:
             x = x + sinusoidal(chunks["chunk_pos"], self.dim)
         for i in range(self.depth):
@@ -114,8 +116,10 @@ class SNEEncoder(nn.Module):
             per_layer = jax.vmap(per_layer)
         ltype = jnp.where(lmask, per_layer(chunks["layer_type"], seg), 0)
         lpos = jnp.where(lmask, per_layer(chunks["layer_pos"], seg), 0)
-        z = z + nn.Embed(chunking.NUM_LAYER_TYPES, self.dim, name="layer_type")(ltype)
-        z = (z + sinusoidal(lpos, self.dim)) * lmask[..., None]
+        if self.layer_encoding:
+            z = z + nn.Embed(chunking.NUM_LAYER_TYPES, self.dim, name="layer_type")(ltype)
+            z = z + sinusoidal(lpos, self.dim)
+        z = z * lmask[..., None]
         for i in range(self.depth):
             z = SAB(self.dim, self.heads, name=f"layer_sab{i}")(z, lmask)
         return PMA(self.dim, heads=self.heads, name="layer_pma")(z, lmask)[..., 0, 0, :]
@@ -134,6 +138,7 @@ class SNE(nn.Module):
     block: int | None = 512
     window: int | None = None
     chunk_pos_encoding: bool = False
+    layer_encoding: bool = True
 
     @nn.compact
     def __call__(self, chunks: dict) -> jax.Array:
@@ -146,6 +151,7 @@ class SNE(nn.Module):
             self.block,
             self.window,
             self.chunk_pos_encoding,
+            self.layer_encoding,
             name="encoder",
         )(chunks)
         z = nn.relu(nn.Dense(self.hidden, name="head0")(z))
