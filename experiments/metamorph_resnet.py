@@ -5,7 +5,10 @@ channels; 75 % is never trained) for
     mode=individual  ResNet20s of that inner width trained from scratch (classify's task)
     mode=sliced      the pretrained ResNet20 (folded, smoothed) with channels >= h cut
     mode=neumeta     NeuMeta (Yang & Wang 2024): an INR generating the last block
-    mode=htty        HTTY (Sommariva et al. 2025), full ResNet56: not implemented yet
+    mode=htty        HTTY (Sommariva et al. 2025): per-block INRs generating all 27 blocks
+                     of the pretrained ResNet56, trained block by block; compression is
+                     of every block's inner width (16/32/64 per stage); settings in
+                     `c.htty` (see `htty` below and wsl/methods/metamorph.py)
 
 Hyper-parameters from NeuMeta's reference code (Adamdad/neumeta, config/base_config.yaml
 and cifar10/resnet20_cifar10_32-64v3_200e-coordnoise-resmlpv2_smooth.yaml): AdamW lr 1e-3,
@@ -22,6 +25,15 @@ paper: the reference's INR and schedule (200 epochs, cosine here), the full sets
 
     python -m wsl.main --config=experiments/metamorph_resnet.py:smoke --workdir=runs/mm \\
         --config.mode=neumeta
+
+HTTY smoke: the whole ResNet56 in 3 phases of 9 blocks (one stage each), 40 steps each and 40
+       more at the end (160 steps of batch 32, about 6 minutes here), per-block INRs 64 x 2
+       layers, 8 frequencies, K = 2. A pipeline check: at this budget the INRs do not learn
+       the weights and the generated network is at chance.
+HTTY paper: one block per phase, 10 epochs per block and 30 more at the end (300 epochs of
+       batch 64), per-block INRs 256 x 4 layers, 16 frequencies (NeuMeta's base INR), K = 50,
+       NeuMeta's optimiser, loss weights, noise and EMA: our reading, the paper's own numbers
+       were not available to us.
 """
 
 import ml_collections
@@ -106,6 +118,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
         }
     )
     c.eval = ml_collections.ConfigDict({"k_samples": 5 if smoke else 50})
+    c.htty = htty(smoke)
     ind_bs = 64 if smoke else 128
     ind_steps = 100 if smoke else 200 * (50000 // ind_bs)
     c.individual = ml_collections.ConfigDict(
@@ -132,3 +145,65 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
         }
     )
     return c
+
+
+def htty(smoke: bool) -> ml_collections.ConfigDict:
+    """mode=htty's own settings (the run uses these instead of the top-level ones; `seed`
+    and `data` stay shared). train.num_steps is derived: phases x steps_per_phase + final."""
+    batch_size = 32 if smoke else 64
+    epoch = 50000 // batch_size
+    return ml_collections.ConfigDict(
+        {
+            "model": {
+                "depth": 56,
+                # every conv of every residual block is generated (one INR per block); the
+                # inner widths (conv1 outputs) of all 27 blocks are metamorphic; the stem
+                # conv stays pretrained and the classifier is trained directly (shared)
+                "generate": r"layer\d_\d+/conv[12]",
+                "hidden": r"layer\d_\d+/conv1",
+                "shared": r"linear",
+                "smooth": True,
+                "order": "input_first",  # blocks added from the input (or output_first)
+                "train_depths": (56,),  # depths sampled in training (uniformly)
+                "eval_depths": (44,),  # never-trained depths evaluated (acc_d<depth>)
+            },
+            "phases": {
+                "blocks_per_phase": 9 if smoke else 1,
+                "steps_per_phase": 40 if smoke else 10 * epoch,
+                "final_steps": 40 if smoke else 30 * epoch,
+            },
+            "inr": {
+                "hidden": 64 if smoke else 256,
+                "num_layers": 2 if smoke else 4,
+                "num_freqs": 8 if smoke else 16,
+                "scalar": 0.1,
+                "norm": 64.0,
+            },
+            "noise": 1.0,
+            "loss": {"ce": 1.0, "recon": 1.0, "l2": 1e-4},
+            "widths": {
+                "train_max_compression": 0.5,
+                "full_prob": 0.25,
+                "eval": (0.0, 0.25, 0.5, 0.75),
+            },
+            "optimizer": {
+                "learning_rate": 1e-3,
+                "warmup_steps": 5 if smoke else 500,
+                "weight_decay": 1e-2,
+            },
+            "train": {
+                "batch_size": batch_size,
+                "num_steps": 0,  # derived from the phases
+                "eval_batch_size": 500,
+                "eval_every": 0,
+                "log_every": 10 if smoke else 100,
+                "checkpoint_every": 40 if smoke else 2000,
+                "keep_checkpoints": 2,
+                "async_checkpoints": True,
+                "nan_at_step": 0,
+                "clip": 10.0,
+                "ema": 0.9 if smoke else 0.995,
+            },
+            "eval": {"k_samples": 2 if smoke else 50},
+        }
+    )

@@ -19,6 +19,7 @@ HETERO = dict(
     mlp_depths=(1, 2, 3),
     mlp_widths=(16, 32, 64, 128),
     activations=("relu", "tanh", "gelu", "sigmoid", "leaky_relu"),
+    num_archs=0,  # > 0: a pool of that many architectures shared by the models
 )
 
 HYPER = dict(
@@ -55,6 +56,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
         c.trainer.models_per_shard = 3
     elif variant == "cpu":
         c.num_models = 1000
+        c.hetero["num_archs"] = 100  # 10 models (own hyper-parameters and seed) per
+        # architecture: each compiles once (compiling dominated: ~5 s per new architecture)
         c.epochs = 1
         c.record_epochs = (0, 1)
         c.train_eval_size = 2000

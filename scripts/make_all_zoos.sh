@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generate every zoo and INR set the weight-space tables train on (README: Model zoos and
 # INR sets), one after another; each step is resumable, so rerun this after a kill.
-#   nohup nice -n 10 bash scripts/make_all_zoos.sh > zoos/run_all.log 2>&1 &
+#   nohup bash scripts/make_all_zoos.sh > zoos/run_all.log 2>&1 &
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export WSL_DATA_DIR="${WSL_DATA_DIR:-$(cd .. && pwd)/shared/data}"

@@ -134,22 +134,30 @@ for _name, _data, _what in (
 
 # Neural metamorphosis (issue #7): one run per mode; the four compressions of a mode are
 # metrics of the same run (shared folder). Paper values: NeuMeta Table (ResNet20, lossless
-# CIFAR-10), as fractions.
+# CIFAR-10), as fractions; none for HTTY (its CIFAR-10 ResNet56 figures are not transcribed).
 TABLES["metamorph_resnet"] = Table(
     plot="lines",
-    title="Neural metamorphosis, ResNet20 on the CIFAR-10 JPEG copy: test accuracy at "
-    "compression 0/25/50/75 % of the last block's inner width (64/48/32/16; 75 % never "
-    "trained). NeuMeta = INR generating the last block (Yang & Wang 2024); Sliced = "
-    "pretrained net with the channels cut; Individual = trained from scratch at that width",
+    title="Neural metamorphosis on the CIFAR-10 JPEG copy: test accuracy at compression "
+    "0/25/50/75 % of the inner width (64/48/32/16 in the last stage; 75 % never trained). "
+    "NeuMeta = INR generating the last block of ResNet20 (Yang & Wang 2024); Sliced = "
+    "pretrained ResNet20 with the channels cut; Individual = ResNet20 trained from scratch at "
+    "that width; HTTY = per-block INRs generating all 27 blocks of ResNet56, every block's "
+    "inner width compressed, trained block by block (Sommariva et al. 2025)",
     runs=tuple(
         Run(method, "CIFAR10-JPEG", "experiments/metamorph_resnet.py", metric, (f"mode={mode}",))
         for method, mode in (
             ("Individual", "individual"),
             ("Sliced", "sliced"),
             ("NeuMeta", "neumeta"),
+            ("HTTY", "htty"),
         )  # fmt: skip
         for metric in ("acc_c0", "acc_c25", "acc_c50", "acc_c75")
-        + (("acc_full_noiseless", "pretrained_acc", "recon_rel_error") if mode == "neumeta" else ())
+        + (
+            ("acc_full_noiseless", "pretrained_acc", "recon_rel_error")
+            if mode in ("neumeta", "htty")
+            else ()
+        )
+        + (("acc_d44",) if mode == "htty" else ())
     ),
     paper=tuple(
         Paper(method, "CIFAR10-JPEG", f"acc_c{c}", v / 100)
@@ -234,6 +242,20 @@ TABLES["sne_transfer"] = Table(
         )
         for (src, spath), (dst, dpath) in (ZOOS, ZOOS[::-1])
         for enc in ("SNE", "StatNN", "NG-GNN")
+    ),
+)
+TABLES["sne_cross_arch"] = Table(
+    title="Cross-architecture transfer on our heterogeneous zoo: trained on small 3x3 CNNs "
+    "(base), Kendall tau on the held-out base networks and on unseen families",
+    runs=tuple(
+        _predict_run(enc, "hetero", "zoos/hetero", "experiments/sne_cross_arch.py", metric)
+        for enc in ("SNE", "NG-GNN")
+        for metric in (
+            "test_kendall_tau",
+            "transfer_deeper_kendall_tau",
+            "transfer_kernels_kendall_tau",
+            "transfer_residual_kendall_tau",
+        )
     ),
 )
 TABLES["sne_ablation"] = Table(

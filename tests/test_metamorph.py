@@ -192,3 +192,169 @@ def test_neumeta_train_step_runs_and_lowers_the_loss():
     assert np.all(np.isfinite(losses)) and min(losses[4:]) < losses[0]
     out = task.evaluate(state)
     assert set(out) >= {"acc_c75", "recon_rel_error", "acc_full_noiseless"}
+
+
+# ---- HTTY ---------------------------------------------------------------------------
+
+
+def folded(depth):
+    """(folded module, folded spec, folded weights) of a toy BatchNorm ResNet-`depth`."""
+    key = f"f{depth}"
+    if key not in _CACHE:
+        m = subjects.ResNet(depth, widths=WIDTHS)
+        v = _bumped(dict(m.init(jax.random.key(0), X)), jax.random.key(3))
+        s = spec.spec_from_flax(m, v, X)
+        fs, fw = fold.reparameterize_batchnorm(s, convert.flax_to_canonical(s, v))
+        _CACHE[key] = (subjects.ResNet(depth, widths=WIDTHS, norm=False), fs, fw)
+    return _CACHE[key]
+
+
+def _htty_config(depth=8, per_phase=3, steps=4, final=0, order="input_first"):
+    return ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "model": {
+                "depth": depth,
+                "generate": r"layer\d_\d+/conv[12]",
+                "hidden": r"layer\d_\d+/conv1",
+                "shared": r"linear",
+                "smooth": False,
+                "order": order,
+                "train_depths": [depth],
+                "eval_depths": [8] if depth > 8 else [],
+            },
+            "phases": {
+                "blocks_per_phase": per_phase,
+                "steps_per_phase": steps,
+                "final_steps": final,
+            },
+            "inr": {"hidden": 32, "num_layers": 2, "num_freqs": 4, "scalar": 0.1, "norm": 16.0},
+            "noise": 1.0,
+            "loss": {"ce": 1.0, "recon": 1.0, "l2": 1e-4},
+            "widths": {"train_max_compression": 0.5, "full_prob": 0.5, "eval": [0.0, 0.75]},
+            "optimizer": {"learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0},
+            "train": {"batch_size": 4, "ema": 0.9, "clip": 10.0},
+            "eval": {"k_samples": 2},
+        }
+    )
+
+
+def _htty(depth=8, **kw):
+    c = _htty_config(depth, **kw)
+    sub = metamorph.make_htty_subject(*folded(depth), c.model)
+    return sub, c, metamorph.make_inr(c)
+
+
+DATA = {"train": (np.asarray(X), np.arange(4) % 2), "test": (np.asarray(X), np.arange(4) % 2)}
+
+
+def test_per_block_inrs_answer_in_one_call_as_separate_inrs_would():
+    sub, _, inr = _htty(8, order="output_first")
+    plan = sub.plan
+    assert sub.blocks == ("layer3_0", "layer2_0", "layer1_0") and plan.num_inrs == 3
+    params = hyper.init_params(inr, jax.random.key(0), plan)
+    gen = hyper.generate(inr, params, plan, hyper.full_shape(plan))
+    for b in range(plan.num_inrs):
+        mine = [j for j, blk in enumerate(plan.blocks) if blk == b]
+        one = hyper.make_plan(sub.spec, [plan.layers[j] for j in mine])
+        alone = hyper.generate(
+            inr, jax.tree.map(lambda a, b=b: a[b], params), one, hyper.full_shape(one)
+        )
+        for j, a in zip(mine, alone, strict=True):
+            for r in a:
+                np.testing.assert_allclose(gen[j][r], a[r], rtol=1e-5, atol=1e-7)
+
+
+def test_htty_train_step_runs_and_lowers_the_loss():
+    sub, c, inr = _htty(8, per_phase=3, steps=8)
+    task = metamorph.make_htty_task(sub, inr, optax.adam(1e-2), DATA, c, parallel.make_mesh())
+    state = task.init(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    losses = []
+    for i in range(8):
+        state, m = step(state, task.batch(i), jax.random.key(i))
+        state = state.replace(step=state.step + 1)
+        losses.append(float(m["loss"]))
+        assert int(m["blocks"]) == 3
+    assert np.all(np.isfinite(losses)) and min(losses[4:]) < losses[0]
+    out = task.evaluate(state)
+    assert set(out) >= {"acc_c0", "acc_c75", "recon_rel_error", "acc_full_noiseless"}
+    assert out["blocks_added"] == 3
+
+
+def test_blockwise_phases_start_each_block_from_the_previous_blocks_inr():
+    sub, c, inr = _htty(8, per_phase=1, steps=2, final=1)
+    phases = metamorph.make_phases(sub, c)
+    assert (phases.num, phases.num_steps) == (3, 7)
+    task = metamorph.make_htty_task(sub, inr, optax.sgd(0.0), DATA, c, parallel.make_mesh())
+    state = task.init(jax.random.key(0))
+    step = jax.jit(task.train_step)
+    row = lambda tree, b: jax.tree.leaves(jax.tree.map(lambda a: a[b], tree["inr"]))  # noqa: E731
+    same = lambda x, y: all(np.array_equal(a, b) for a, b in zip(x, y, strict=True))  # noqa: E731
+    assert not same(row(state.params, 0), row(state.params, 1))  # independent inits
+    added = []
+    for i in range(phases.num_steps):
+        before = state.params
+        state, m = step(state, task.batch(i), jax.random.key(i))
+        state = state.replace(step=state.step + 1)
+        added.append(int(m["blocks"]))
+        if i in (2, 4):  # phase starts: block i // 2 is a copy of block i // 2 - 1
+            b = i // 2
+            assert same(row(state.params, b), row(before, b - 1))
+            for x, y in zip(row(state.model_state["ema"], b), row(before, b - 1), strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-6)
+            assert not same(row(before, b), row(before, b - 1))
+        else:  # lr 0: nothing else moves
+            assert same(jax.tree.leaves(state.params), jax.tree.leaves(before))
+    assert added == [1, 1, 2, 2, 3, 3, 3]
+    # the optimiser's per-block moments are copied too (its step count is not)
+    tx = metamorph.make_htty_optimizer(sub, c)
+    grads = jax.tree.map(lambda a: jnp.cumsum(jnp.ones_like(a), axis=0), state.params["inr"])
+    _, opt = tx.update({**state.params, "inr": grads}, tx.init(state.params), state.params)
+    moved = metamorph.copy_blocks(opt, 0, jnp.array([False, True, False]))
+    is_inr = lambda path: any(getattr(k, "key", None) == "inr" for k in path)  # noqa: E731
+    pairs = [
+        (is_inr(path), np.asarray(a), np.asarray(b))
+        for (path, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(opt), jax.tree.leaves(moved), strict=True
+        )
+    ]
+    rows = [(a, b) for inr_leaf, a, b in pairs if inr_leaf]
+    assert rows and not all(np.array_equal(a[1], a[0]) for a, _ in rows)
+    assert all(np.array_equal(b[1], a[0]) and np.array_equal(b[2], a[2]) for a, b in rows)
+    assert all(np.array_equal(a, b) for inr_leaf, a, b in pairs if not inr_leaf)
+
+
+def test_unseen_depth_and_width_are_deterministic_and_depth_drops_blocks_exactly():
+    sub, c, inr = _htty(14)
+    lay = metamorph.htty_layout(sub, c.model.train_depths)
+    params = (
+        metamorph.make_htty_task(sub, inr, optax.sgd(0.0), DATA, c, parallel.make_mesh())
+        .init(jax.random.key(0))
+        .params
+    )
+    gen = metamorph.htty_generator(sub, inr, lay, c)
+    on = np.ones(len(sub.blocks), bool)
+    h = round(lay.ref * 0.25)  # 75 % compression: never trained (widths 8..16 are)
+    a, _ = gen(params, on, h, 8, jax.random.key(5), 3)
+    b, _ = gen(params, on, h, 8, jax.random.key(5), 3)
+    d, _ = gen(params, on, h, 8, jax.random.key(6), 3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(d), strict=True)
+    )
+    # dropped blocks (layer<s>_1) are zero; kept inner widths cut to round(4 * h / 16) = 1
+    names = [layer.name for layer in sub.spec.layers]
+    for i, name in enumerate(names):
+        if "_1/" in name:
+            assert all(np.all(np.asarray(v) == 0) for v in a[i].values())
+    k = np.asarray(a[names.index("layer1_0/conv1")]["kernel"])
+    assert np.all(k[..., 1:] == 0) and np.any(k[..., :1] != 0)
+    # the depth-8 network inside ResNet14 is exactly a ResNet8 with the kept layers
+    m14, s14, _ = folded(14)
+    m8, s8, _ = folded(8)
+    w8 = tuple(a[names.index(layer.name)] for layer in s8.layers)
+    np.testing.assert_allclose(run(m14, s14, a), run(m8, s8, w8), rtol=1e-4, atol=1e-5)
+    ids, num, keep = metamorph.depth_config(sub, 8)
+    assert num == 8 and int(keep.sum()) == 8 and sorted(ids[ids >= 0].tolist()) == list(range(1, 7))

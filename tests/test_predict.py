@@ -129,3 +129,66 @@ def test_clear_errors(tmp_path):
     data_cfg = ml_collections.ConfigDict({"kind": "cnn_zoo", "path": str(tmp_path / "nope")})
     with pytest.raises(loop.UserError, match="make_zoo.py"):
         predict.load_data(data_cfg, 0)
+
+
+ARCHS = [  # heterogeneous CNNs (wsl.data.zoo.HeteroCNN): depth, width, kernel, residual
+    {"kind": "cnn", "widths": [4, 6], "kernel_sizes": [3, 3], "strides": [2, 2],
+     "residual": [-1, -1], "act": "relu"},
+    {"kind": "cnn", "widths": [4, 4, 6, 4], "kernel_sizes": [5, 5, 5, 5],
+     "strides": [2, 2, 1, 1], "residual": [-1, -1, -1, 1], "act": "tanh"},
+]  # fmt: skip
+
+
+def _mixed(n_per=24):
+    from wsl.data import zoo
+
+    rng = np.random.default_rng(0)
+    specs, weights, target = [], [], []
+    for i in range(2 * n_per):
+        s = zoo.spec_of(ARCHS[i % 2])
+        specs.append(s)
+        scale = rng.uniform(0.2, 2.0)
+        weights.append(
+            tuple(
+                {r: (scale * rng.standard_normal(sh)).astype(np.float32) for r, sh in layer.shapes}
+                for layer in s.layers
+            )
+        )
+        target.append(scale / 2)
+    parts = {"train": np.arange(0, 32), "val": np.arange(32, 40), "test": np.arange(40, 48)}
+    return predict.WeightData(None, weights, np.asarray(target, np.float32), parts, 0, "m", specs)
+
+
+@pytest.mark.parametrize("name", ["NG-GNN", "SNE"])
+def test_mixed_architectures_batch_like_alone(name, tmp_path):
+    """Padded slots / chunk budgets of a mixed batch give each network the output it has
+    alone; a short training run evaluates the held-out and transfer sets."""
+    d = _mixed()
+    other = predict._rows_only(d, np.arange(1, 9, 2))  # the deeper architecture only
+    cfg = _config(name, steps=10, **{"train.eval_batch_size": 8})
+    task, model = predict.build(cfg, d, parallel.make_mesh(), {"transfer_deeper": other})
+    state = task.init(jax.random.key(0))
+    ev = task.evaluate(state)
+    assert {"test_kendall_tau", "transfer_deeper_kendall_tau"} <= set(ev)
+    # one network alone, through the same encoder
+    sets = [predict._rows_only(d, np.asarray([i])) for i in (0, 1)]
+    kind = "graph" if name == "NG-GNN" else "chunks"
+    x_mixed = predict.mixed_inputs(kind, [d], 5, True, 8, 1.0)[0]
+    x_alone = predict.mixed_inputs(kind, sets, 5, True, 8, 1.0)
+    enc = predict.slots_to_graph if kind == "graph" else (lambda x: x)
+    kw = {"train": False} if name != "SNE" else {}
+    for i in (0, 1):
+        both = model.apply(
+            {"params": state.params}, enc(jax.tree.map(lambda a: a[:2], x_mixed)), **kw
+        )
+        alone = model.apply({"params": state.params}, enc(x_alone[i]), **kw)
+        if kind == "graph":
+            both, alone = both[::2], alone[::2]
+        np.testing.assert_allclose(both[i], alone[0], rtol=1e-4, atol=1e-5)
+    _, final = loop.train(task, cfg, tmp_path)
+    assert np.isfinite(final["transfer_deeper_rmse"])
+
+
+def test_mixed_rejects_fixed_size_encoders():
+    with pytest.raises(loop.UserError, match="needs networks of one architecture"):
+        predict.build(_config("MLP"), _mixed(4), parallel.make_mesh())

@@ -144,6 +144,9 @@ def test_sne_runs_on_unseen_architectures_and_ignores_padding():
     padded = batches(extra=5)
     mixed = ch.stack_chunks([padded[n] for n in NETS])
     close(apply(params, mixed), jnp.concatenate([outs[n] for n in NETS]), atol=2e-5)
+    # padding chunks and empty layer slots must not poison the gradients (exp(s - NEG) * 0)
+    grads = jax.jit(jax.grad(lambda p: model.apply(p, mixed).sum()))(params)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
 # ---- logit invariance --------------------------------------------------------------

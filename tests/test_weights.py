@@ -338,3 +338,41 @@ def test_layout_must_be_contiguous():
     text = 'varname,start_idx,end_idx,shape\na/kernel:0,0,4,"(2, 2)"\na/bias:0,5,7,"(2,)"\n'
     with pytest.raises(ValueError, match="does not continue"):
         spec.spec_from_layout(convert.read_layout(text))
+
+
+def test_batchnorm_after_a_nonlinearity_is_not_folded():
+    """conv -> ReLU -> BatchNorm: the norm reads the conv through the ReLU, so folding it
+    into the conv would change the function: the spec says so and fold refuses."""
+    import flax.linen as nn
+
+    from wsl.weights import fold
+
+    class AfterRelu(nn.Module):
+        pre_act: bool
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Conv(4, (3, 3))(x)
+            if self.pre_act:
+                x = nn.relu(x)
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+
+    x = jnp.ones((1, 6, 6, 2))
+    for pre_act in (True, False):
+        m = AfterRelu(pre_act)
+        v = m.init(jax.random.key(0), x)
+        s = spec.spec_from_flax(m, v, x)
+        norm = s.layers[1]
+        assert norm.kind == "norm" and norm.src == 0 and norm.direct is (not pre_act)
+        w = convert.flax_to_canonical(s, v)
+        if pre_act:
+            with pytest.raises(ValueError, match="through a nonlinearity"):
+                fold.fold_batchnorm(s, w)
+            reparam, _ = fold.reparameterize_batchnorm(s, w)
+            assert [layer.kind for layer in reparam.layers] == ["conv", "conv", "dense"]
+        else:
+            assert [layer.kind for layer in fold.fold_batchnorm(s, w)[0].layers] == [
+                "conv",
+                "dense",
+            ]

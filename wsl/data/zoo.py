@@ -1191,7 +1191,12 @@ def sample_archs(hetero: Mapping, n: int, seed: int, image_size: int = 28) -> li
     act} or {'kind': 'mlp', hidden, act}, drawn from the options in `hetero`
     (mlp_fraction, cnn_depths, cnn_widths, kernel_sizes, per_layer_width, strides
     (per-layer list for the first layers, 1 after), residual_prob, mlp_depths,
-    mlp_widths, activations)."""
+    mlp_widths, activations; optional num_archs: draw that many architectures and give
+    model i architecture i % num_archs, so that a CPU compiles each one once)."""
+    pool = hetero.get("num_archs") or 0
+    if pool and pool < n:
+        archs = sample_archs({**hetero, "num_archs": 0}, pool, seed, image_size)
+        return [archs[i % pool] for i in range(n)]
     out = []
     base = jax.random.fold_in(jax.random.key(seed), 2)
     for i in range(n):

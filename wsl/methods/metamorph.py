@@ -37,14 +37,67 @@ at each compression) and more:
     sliced      the smoothed, folded pretrained net with its inner channels >= h cut.
     individual  a ResNet20 of inner width h (BatchNorm, from scratch) per compression,
                 trained with `wsl.methods.classify`'s task (masked, see `MaskedModel`).
-    htty        HTTY (Sommariva et al. 2025, full-network ResNet56): not implemented; the
-                preparation it needs is (`fold.reparameterize_batchnorm`, `symmetry.smooth`,
-                `hyper.Shape.layer_ids` for dropped blocks), its training recipe is not.
+    htty        HTTY (below): per-block INRs for the whole ResNet56, trained block by block;
+                also the accuracy at never-trained depths (`acc_d<depth>`).
+
+HTTY (Sommariva, Calderara, Porrello, "How to Train Your Metamorphic Deep Neural Network",
+arXiv 2505.05510) extends NeuMeta from the last block to the whole network with three
+ingredients: block-wise incremental training, INR initialisation from the previous block,
+and BatchNorm replacement. Here (`make_htty_task`, settings in `config.htty`):
+
+    subject: akamaster's ResNet56, BatchNorm removed (`fold.reparameterize_batchnorm`:
+        folded into the conv before it; a BatchNorm without one would become the equal 1x1
+        conv; ResNet56 has none) and smoothed. Every conv of its 27 residual blocks is
+        generated; the inner width of every block (conv1's outputs) is metamorphic.
+    one INR per block (`hyper.Plan.blocks`): their parameters are stacked, and one vmapped
+        call generates every weight tensor of a configuration (`hyper.apply`).
+    phases: blocks are added `phases.blocks_per_phase` at a time in `model.order`; phase p
+        trains blocks 1 .. (p + 1) * per_phase jointly for `steps_per_phase` steps (the
+        last phase `final_steps` more). At a phase's first step every block it adds starts
+        as a copy of the previously added block's INR (parameters, EMA and Adam moments:
+        `copy_blocks`); block 1 starts from a random init. Blocks not yet added run with
+        their pretrained weights at full width.
+    every step: a width h in [32, 64] (64 with probability `widths.full_prob`) for the
+        reference (largest) group, every added block's inner width round(full * h / 64);
+        a depth from `model.train_depths`; loss = CE + recon + L2 as NeuMeta's, over the
+        added blocks (recon on full-width, full-depth steps).
+    shared by all blocks and configurations: per-width scalars s[h] (init 1) multiplying
+        every generated block's residual-branch output (conv2's kernel and bias), the
+        stand-in for the per-width statistics a BatchNorm would have re-estimated; and the
+        classifier `linear`, trained directly from its pretrained weights.
+    depth: the coordinates carry (l, L). ResNet-d (d = 6n + 2) inside ResNet56 keeps the
+        first n blocks of every stage, renumbers the kept layers (l) and sets L to their
+        count (`depth_config`); a dropped block's weights are zero, so it computes the
+        identity (its input is a ReLU output) and the network is exactly the ResNet-d.
+    evaluation: as NeuMeta's (EMA parameters, K-sample average) at every compression of
+        all inner widths, and at `model.eval_depths` (never trained) at full width.
+
+Choices the paper leaves open to us (we could read its abstract; its code,
+TSommariva/HTTY_NeuMeta, was not available), made here and configurable where marked:
+    1. one INR per residual block (not one for the network), all of NeuMeta's shape;
+       padding every block's queries to the longest row costs 2.3x the INR work on ResNet56.
+    2. order of the blocks: from the input (`model.order`, or output_first); all added
+       blocks keep training (not only the newest); several blocks added in one phase all
+       copy the same previous block; the optimiser moments and EMA are copied too.
+    3. the learning rate (warmup + cosine) restarts at every phase.
+    4. what is metamorphic: the inner widths of all blocks; the residual stream keeps
+       16/32/64 channels (so option-A shortcuts stay exact), the stem conv stays pretrained
+       and frozen, the classifier is shared.
+    5. the BatchNorm stand-in: one scalar per reference width h, shared by all blocks, on the
+       residual branch; a width never trained uses the scalar of the nearest trained width.
+       Weight decay applies to the INRs only.
+    6. reconstruction compares the effective weights (after the scalar) with the pretrained
+       ones; depth training samples `model.train_depths` uniformly (default: 56 only, so
+       every shallower depth is never trained); blocks are dropped from the end of stages.
+    7. the `paper` schedule and INR size (10 epochs per block, 30 more at the end; INR 256 x
+       4 layers, 16 frequencies per block; NeuMeta's optimiser, loss weights, noise, EMA):
+       our guesses, not the paper's published numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
@@ -74,13 +127,16 @@ RESULTS_FILE = "results.json"
 class Subject:
     """The folded, smoothed pretrained network: module (`ResNet(norm=False)`), spec,
     canonical weights, and the generated part (`plan`: the layers the INR makes,
-    `groups`: the metamorphic channel groups)."""
+    `groups`: the metamorphic channel groups); for HTTY also its blocks and shared layers
+    (`make_htty_subject`)."""
 
     module: subjects.ResNet
     spec: NetSpec
     weights: tuple
     plan: hyper.Plan
     groups: tuple[int, ...]
+    blocks: tuple[str, ...] = ()  # HTTY: the residual blocks in training order (plan.blocks)
+    shared: tuple[int, ...] = ()  # HTTY: layers trained directly, shared by all configs
 
 
 def prepare(depth: int, generate: str, hidden: str, smooth: bool = True) -> Subject:
@@ -193,10 +249,16 @@ def load_data(config) -> dict:
     return data
 
 
+@functools.lru_cache(maxsize=8)
+def _predict(module):
+    """Jitted class prediction of `module` (compiled once per module and batch shape)."""
+    return jax.jit(lambda v, xb: jnp.argmax(module.apply(v, xb), -1))
+
+
 def accuracy(module, spec: NetSpec, weights, x, y, batch_size: int = 500) -> float:
     """Test accuracy of `module` with canonical `weights`."""
     variables = convert.canonical_to_flax(spec, weights)
-    apply = jax.jit(lambda v, xb: jnp.argmax(module.apply(v, xb), -1))
+    apply = _predict(module)
     correct = 0
     for i in range(0, len(x), batch_size):
         correct += int(
@@ -328,6 +390,393 @@ def evaluate_neumeta(subject: Subject, inr, params, test, config) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- HTTY
+
+_BLOCK = re.compile(r"(layer\d+_\d+)/")
+_BLOCK_INDEX = re.compile(r"layer(\d+)_(\d+)/")
+
+
+def make_htty_subject(module, spec: NetSpec, weights, model) -> Subject:
+    """`make_subject` with one INR per residual block (`layer<s>_<b>`) among the generated
+    layers, numbered in training order (`model.order`: input_first | output_first), and
+    the layers matching regex `model.shared` (the classifier) trained directly."""
+    sub = make_subject(module, spec, weights, model.generate, model.hidden, model.smooth)
+    names = [sub.spec.layers[i].name for i in sub.plan.layers]
+    of = [m.group(1) if (m := _BLOCK.match(n)) else None for n in names]
+    if None in of:
+        raise loop.UserError(
+            f"config.htty.model.generate matches {names[of.index(None)]!r}, which is in no "
+            "residual block (layer<stage>_<block>/...); HTTY generates whole blocks"
+        )
+    order = list(dict.fromkeys(of))  # spec order: input first
+    if model.order == "output_first":
+        order = order[::-1]
+    elif model.order != "input_first":
+        raise loop.UserError(
+            f"unknown block order {model.order!r} (config.htty.model.order); "
+            "choose input_first or output_first"
+        )
+    plan = hyper.make_plan(sub.spec, sub.plan.layers, [order.index(b) for b in of])
+    shared = tuple(
+        i for i, layer in enumerate(sub.spec.layers) if re.fullmatch(model.shared, layer.name)
+    )
+    if set(shared) & set(plan.layers):
+        raise loop.UserError("config.htty.model.shared and .generate match the same layer")
+    return dataclasses.replace(sub, plan=plan, blocks=tuple(order), shared=shared)
+
+
+def prepare_htty(model) -> Subject:
+    """akamaster's pretrained ResNet-`model.depth` as an HTTY Subject."""
+    _, variables, spec = pretrained.resnet_cifar10_flax(model.depth)
+    module = subjects.ResNet(model.depth, norm=False)
+    return make_htty_subject(module, spec, convert.flax_to_canonical(spec, variables), model)
+
+
+def depth_config(subject: Subject, depth: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """The ResNet-`depth` inside the subject's ResNet: the last blocks of every stage
+    dropped (blocks b >= (depth - 2) / 6). Returns the generated layers' index coordinates
+    (the kept conv/dense layers renumbered in order, -1 for dropped ones), the L coordinate
+    (number of kept layers) and `keep` (num_layers,) 0/1 per layer of the spec. A dropped
+    block's weights are zero: it adds nothing to its input, which is a ReLU output, so
+    the block computes the identity and the network is exactly the shallower ResNet."""
+    blocks = [_BLOCK_INDEX.match(layer.name) for layer in subject.spec.layers]
+    per_stage = 1 + max(int(m.group(2)) for m in blocks if m)
+    if (depth - 2) % 6 or not 1 <= (depth - 2) // 6 <= per_stage:
+        raise loop.UserError(
+            f"depth {depth} is not a ResNet depth 6n + 2 with 1 <= n <= {per_stage} "
+            "(config.htty.model.train_depths / eval_depths)"
+        )
+    n = (depth - 2) // 6
+    keep = np.asarray([not m or int(m.group(2)) < n for m in blocks])
+    ids = np.cumsum(keep) - 1
+    layer_ids = np.where(keep[list(subject.plan.layers)], ids[list(subject.plan.layers)], -1)
+    return layer_ids.astype(np.int32), int(keep.sum()), keep.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class HTTYLayout:
+    """Static arrays of an HTTY subject: `layer_block` (num_generated,) each generated
+    layer's block (training order); `branch_out` (num_generated,) whether it writes the
+    residual stream (its output gets the per-width scalar); `group_block` (num_groups,)
+    the block whose inner width a metamorphic group is, -1 for other groups; `full` the
+    group sizes; `ref` the largest metamorphic width (the width coordinate h of the
+    per-width scalars; every metamorphic group has size round(full * h / ref));
+    `depths` the training depths' (layer_ids, L, keep)."""
+
+    layer_block: np.ndarray
+    branch_out: np.ndarray
+    group_block: np.ndarray
+    full: np.ndarray
+    ref: int
+    depths: tuple
+
+
+def htty_layout(subject: Subject, train_depths) -> HTTYLayout:
+    plan, groups = subject.plan, set(subject.groups)
+    group_block = -np.ones(len(plan.group_sizes), np.int32)
+    for b, g in zip(plan.blocks, plan.out_groups, strict=True):
+        if g in groups:
+            group_block[g] = b
+    full = np.asarray(plan.group_sizes, np.int32)
+    return HTTYLayout(
+        layer_block=np.asarray(plan.blocks, np.int32),
+        branch_out=np.asarray([g not in groups for g in plan.out_groups]),
+        group_block=group_block,
+        full=full,
+        ref=int(max(full[g] for g in groups)),
+        depths=tuple(depth_config(subject, int(d)) for d in train_depths),
+    )
+
+
+def htty_sizes(lay: HTTYLayout, h, active_blocks):
+    """Group sizes at reference width h: the metamorphic groups of active blocks at
+    round(full * h / ref) (at least 1), every other group at full size."""
+    scaled = jnp.maximum(1, jnp.round(lay.full * h / lay.ref)).astype(jnp.int32)
+    gb = jnp.asarray(lay.group_block)
+    on = (gb >= 0) & jnp.asarray(active_blocks)[jnp.maximum(gb, 0)]
+    return jnp.where(on, scaled, jnp.asarray(lay.full))
+
+
+def htty_weights(subject: Subject, lay: HTTYLayout, params, gen, active, keep, h_index):
+    """Canonical weights of the network: the generated layers of active blocks (those
+    writing the residual stream times the shared per-width scalar `scalars[h_index]`),
+    the pretrained weights in blocks not yet added, the shared layers from `params`, and
+    every layer multiplied by `keep` (0 for dropped blocks). Returns (weights, the
+    effective generated arrays)."""
+    scale = params["scalars"][h_index]
+    weights, effective = list(subject.weights), []
+    for j, i in enumerate(subject.plan.layers):
+        g = gen[j]
+        if lay.branch_out[j]:
+            g = {r: a * scale for r, a in g.items()}
+        effective.append(g)
+        weights[i] = {r: jnp.where(active[j], g[r], subject.weights[i][r]) for r in g}
+    for i in subject.shared:
+        weights[i] = params["shared"][f"layer{i}"]
+    weights = tuple({r: a * keep[i] for r, a in w.items()} for i, w in enumerate(weights))
+    return weights, tuple(effective)
+
+
+def _per_layer_recon(generated, targets) -> jax.Array:
+    """(num_generated,) NeuMeta's weighted regression per layer (mean over its arrays)."""
+    out = []
+    for g, t in zip(generated, targets, strict=True):
+        terms = []
+        for role in g:
+            w = jnp.abs(t[role]) + 1e-6
+            terms.append(jnp.mean(w / jnp.max(w) * (g[role] - t[role]) ** 2))
+        out.append(jnp.mean(jnp.stack(terms)))
+    return jnp.stack(out)
+
+
+def copy_blocks(tree, src, new):
+    """Every leaf under a dict key "inr" (stacked per-block INR parameters, and their
+    EMA / optimiser moments) with the rows where `new` (num_blocks,) is true replaced by
+    row `src`: the blocks being added start from the previous block's INR."""
+
+    def copy(path, a):
+        if not any(getattr(k, "key", None) == "inr" for k in path) or jnp.ndim(a) == 0:
+            return a
+        m = jnp.reshape(new, (-1,) + (1,) * (a.ndim - 1))
+        return jnp.where(m, a[src][None], a)
+
+    return jax.tree_util.tree_map_with_path(copy, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Block-wise incremental schedule: phase p (of `num`) trains blocks
+    [0, (p + 1) * per_phase) for `steps` steps; the last phase runs `final` more."""
+
+    num_blocks: int
+    per_phase: int
+    steps: int
+    final: int
+
+    @property
+    def num(self) -> int:
+        return -(-self.num_blocks // self.per_phase)
+
+    @property
+    def num_steps(self) -> int:
+        return self.num * self.steps + self.final
+
+    def phase(self, step):
+        return jnp.minimum(step // self.steps, self.num - 1)
+
+    def active(self, step):
+        """(num_blocks,) bool: the blocks added by `step`."""
+        return jnp.arange(self.num_blocks) < (self.phase(step) + 1) * self.per_phase
+
+    def starts(self, step):
+        """(src, new): at the first step of a phase, the blocks it adds (`new`) and the
+        previously added block they copy (`src`); phase 0 adds block 0 fresh and copies it
+        into its other blocks. `new` is all false on other steps."""
+        p = self.phase(step)
+        first = (step % self.steps == 0) & (step < self.num * self.steps)
+        b = jnp.arange(self.num_blocks)
+        src = jnp.maximum(p * self.per_phase - 1, 0)
+        new = first & (b >= p * self.per_phase) & (b < (p + 1) * self.per_phase) & (b != src)
+        return src, new
+
+    def learning_rate(self, lr: float, warmup: int):
+        """Warmup + cosine decay restarted at every phase (the last one spans its steps
+        plus `final`)."""
+        last = (self.num - 1) * self.steps
+
+        def schedule(count):
+            pos = jnp.where(count < last, count % self.steps, count - last)
+            length = jnp.where(count < last, self.steps, self.steps + self.final)
+            w = min(warmup, self.steps // 2)
+            up = lr * (pos + 1) / max(w, 1)
+            t = jnp.clip((pos - w) / jnp.maximum(length - w, 1), 0.0, 1.0)
+            return jnp.where(pos < w, up, 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t)))
+
+        return schedule
+
+
+def make_phases(subject: Subject, config) -> Phases:
+    p = config.phases
+    return Phases(len(subject.blocks), p.blocks_per_phase, p.steps_per_phase, p.final_steps)
+
+
+def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformation:
+    """Clipping by value, then AdamW with the per-phase learning rate; weight decay on the
+    INRs only (not on the per-width scalars or the shared classifier)."""
+    o = config.optimizer
+    schedule = make_phases(subject, config).learning_rate(o.learning_rate, o.warmup_steps)
+
+    def decay(params):
+        return {k: jax.tree.map(lambda _, k=k: k == "inr", v) for k, v in params.items()}
+
+    return optax.chain(
+        optax.clip(config.train.clip),
+        optax.adamw(schedule, weight_decay=o.weight_decay, mask=decay),
+    )
+
+
+def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> loop.Task:
+    """HTTY's loop Task. Params: {"inr": per-block INRs (stacked), "scalars": (ref + 1,)
+    per-width scalars, "shared": the shared layers}; their EMA in `state.model_state`.
+    Every step: add the phase's new blocks if it starts (`copy_blocks` on params, EMA and
+    optimiser moments), sample a width h in [h_lo, ref] (ref with `widths.full_prob`) and
+    a training depth, generate all blocks in one call, use the active blocks' weights and
+    the pretrained weights elsewhere; loss = CE + recon (full width and depth only, active
+    layers) + L2 (active layers)."""
+    plan, spec, module = subject.plan, subject.spec, subject.module
+    phases = make_phases(subject, config)
+    lay = htty_layout(subject, config.model.train_depths)
+    targets = tuple(subject.weights[i] for i in plan.layers)
+    h_lo = max(1, int(round(lay.ref * (1.0 - config.widths.train_max_compression))))
+    ids_tab = jnp.asarray(np.stack([d[0] for d in lay.depths]))
+    num_tab = jnp.asarray([d[1] for d in lay.depths], jnp.float32)
+    keep_tab = jnp.asarray(np.stack([d[2] for d in lay.depths]))
+    train_x, train_y = data["train"]
+    c = config.loss
+
+    def init(key):
+        pkey, skey = jax.random.split(key)
+        params = {
+            "inr": hyper.init_params(inr, pkey, plan),
+            "scalars": jnp.ones((lay.ref + 1,), jnp.float32),
+            "shared": {f"layer{i}": subject.weights[i] for i in subject.shared},
+        }
+        return loop.new_state(params, tx.init(params), skey, model_state={"ema": params})
+
+    def train_step(state, batch, key):
+        k_size, k_full, k_depth, k_noise = jax.random.split(key, 4)
+        src, new = phases.starts(state.step)
+        params = copy_blocks(state.params, src, new)
+        opt_state = copy_blocks(state.opt_state, src, new)
+        ema = copy_blocks(state.model_state["ema"], src, new)
+        blocks_on = phases.active(state.step)
+        active = blocks_on[jnp.asarray(lay.layer_block)]
+        h = jax.random.randint(k_size, (), h_lo, lay.ref + 1)
+        h = jnp.where(jax.random.uniform(k_full) < config.widths.full_prob, lay.ref, h)
+        d = jax.random.randint(k_depth, (), 0, len(lay.depths))
+        shape = hyper.Shape(htty_sizes(lay, h, blocks_on), ids_tab[d], num_tab[d])
+        is_full = (h == lay.ref) & (num_tab[d] == plan.num_layers)
+        n_active = jnp.maximum(jnp.sum(active), 1)
+
+        def loss_fn(params):
+            gen = hyper.generate(
+                inr, params["inr"], plan, shape, k_noise, config.noise, config.inr.norm
+            )
+            weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], h)
+            recon = jnp.sum(active * _per_layer_recon(eff, targets)) / n_active
+            recon = jnp.where(is_full, recon, 0.0)
+            l2 = sum(
+                jnp.where(active[j], jnp.sqrt(jnp.sum(a[r] ** 2)), 0.0)
+                for j, a in enumerate(eff)
+                for r in a
+            )
+            logits = module.apply(convert.canonical_to_flax(spec, weights), batch["x"])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+            loss = c.ce * ce + c.recon * recon + c.l2 * l2
+            return loss, (logits, ce, recon, l2)
+
+        (loss, (logits, ce, recon, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        dk = config.train.ema
+        ema = jax.tree.map(lambda e, p: dk * e + (1 - dk) * p, ema, params)
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+        new_state = state.replace(params=params, opt_state=opt_state, model_state={"ema": ema})
+        return new_state, {
+            "loss": loss,
+            "ce": ce,
+            "recon": recon,
+            "l2": l2,
+            "accuracy": acc,
+            "width": h,
+            "depth_layers": num_tab[d],
+            "blocks": jnp.sum(blocks_on),
+        }
+
+    generator = htty_generator(subject, inr, lay, config)
+
+    def evaluate(state):
+        active = phases.active(state.step)
+        return evaluate_htty(
+            subject, lay, generator, state.model_state["ema"], active, data["test"], config
+        )
+
+    mine = parallel.process_slice(config.train.batch_size)
+
+    def batch(step):
+        idx = loop.batch_indices(len(train_x), config.train.batch_size, config.seed, step)[mine]
+        return {"x": train_x[idx], "y": train_y[idx]}
+
+    return loop.Task(init, train_step, batch, config.train.batch_size, evaluate)
+
+
+def htty_generator(subject: Subject, inr, lay: HTTYLayout, config):
+    """`generate(params, active_blocks, h, depth, key, k) -> (weights, effective generated
+    arrays)`: the whole network at reference width h (python int) and depth, the generated
+    part the mean of `k` generations (k = 1: noiseless); jitted once per k."""
+    plan = subject.plan
+    h_lo = max(1, int(round(lay.ref * (1.0 - config.widths.train_max_compression))))
+
+    @functools.partial(jax.jit, static_argnums=(6,))
+    def run(params, blocks_on, h, ids, num_layers, keep, k, key):
+        shape = hyper.Shape(htty_sizes(lay, h, blocks_on), ids, num_layers)
+        norm = config.inr.norm
+        if k <= 1:
+            gen = hyper.generate(inr, params["inr"], plan, shape, norm=norm)
+        else:
+            gen = hyper.generate_mean(inr, params["inr"], plan, shape, key, k, config.noise, norm)
+        active = blocks_on[jnp.asarray(lay.layer_block)]
+        return htty_weights(subject, lay, params, gen, active, keep, jnp.clip(h, h_lo, lay.ref))
+
+    def generate(params, blocks_on, h, depth, key, k):
+        ids, num_layers, keep = depth_config(subject, depth)
+        return run(
+            params, jnp.asarray(blocks_on), jnp.int32(h), ids, jnp.float32(num_layers), keep, k, key
+        )
+
+    return generate
+
+
+def evaluate_htty(subject: Subject, lay, generator, params, blocks_on, test, config) -> dict:
+    """Test accuracy at every evaluation compression (the inner width of every added
+    block; K-sample average) and at every evaluation depth (full width); at full width
+    and depth the reconstruction error of the generated weights and the noiseless net's
+    accuracy."""
+    x, y = test
+    key = jax.random.key(config.seed + 1)
+    depth, k = config.model.depth, config.eval.k_samples
+    out = {}
+    for c in config.widths.eval:
+        h = max(1, int(round(lay.ref * (1.0 - c))))
+        weights, _ = generator(params, blocks_on, h, depth, key, k)
+        out[f"acc_c{round(100 * c)}"] = accuracy(subject.module, subject.spec, weights, x, y)
+    for d in config.model.eval_depths:
+        weights, _ = generator(params, blocks_on, lay.ref, int(d), key, k)
+        out[f"acc_d{int(d)}"] = accuracy(subject.module, subject.spec, weights, x, y)
+    weights, eff = generator(params, blocks_on, lay.ref, depth, key, 1)
+    on = np.asarray(blocks_on)[lay.layer_block]
+    gen = tuple(a for a, a_on in zip(eff, on, strict=True) if a_on)
+    targets = tuple(
+        subject.weights[i] for i, a_on in zip(subject.plan.layers, on, strict=True) if a_on
+    )
+    out["recon_rel_error"] = relative_error(gen, targets)
+    out["recon_loss"] = float(recon_loss(gen, targets))
+    out["acc_full_noiseless"] = accuracy(subject.module, subject.spec, weights, x, y)
+    out["blocks_added"] = int(np.sum(np.asarray(blocks_on)))
+    return out
+
+
+def htty_config(config) -> ml_collections.ConfigDict:
+    """The run's config for mode htty: `seed`, `data`, `method`, `mode` and `distributed`
+    from the top level, everything else from `config.htty`; `train.num_steps` derived
+    from the phases (the number of blocks comes from the subject: 27 for ResNet56)."""
+    c = ml_collections.ConfigDict(
+        {k: config[k] for k in ("method", "mode", "seed", "distributed", "data") if k in config}
+    )
+    c.update(config.htty.to_dict())
+    return c
+
+
 # ----------------------------------------------------------------------------- baselines
 
 
@@ -392,19 +841,34 @@ def run(config, workdir) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     if config.mode not in MODES:
         raise loop.UserError(f"unknown mode {config.mode!r} (config.mode); choose one of {MODES}")
-    if config.mode == "htty":
-        raise loop.UserError("mode 'htty' is not implemented yet (see wsl/methods/metamorph.py)")
     mesh = parallel.make_mesh()
     t0 = time.perf_counter()
-    subject = prepare(
-        config.model.depth, config.model.generate, config.model.hidden, config.model.smooth
-    )
+    if config.mode == "htty":
+        config = htty_config(config)
+        subject = prepare_htty(config.model)
+    else:
+        subject = prepare(
+            config.model.depth, config.model.generate, config.model.hidden, config.model.smooth
+        )
     data = load_data(config)
     results: dict = {"mode": config.mode, "depth": config.model.depth}
     if config.mode == "sliced":
         results |= sliced(subject, data["test"], config)
     elif config.mode == "individual":
         results |= individual(subject, data, config, workdir, mesh)
+    elif config.mode == "htty":
+        phases = make_phases(subject, config)
+        config.train.num_steps = phases.num_steps
+        inr = make_inr(config)
+        task = make_htty_task(
+            subject, inr, make_htty_optimizer(subject, config), data, config, mesh
+        )
+        state, final = loop.train(task, config, workdir, mesh=mesh)
+        results |= final
+        results["inr_params"] = hyper.num_params(state.params["inr"])
+        results["num_blocks"] = len(subject.blocks)
+        results["num_phases"] = phases.num
+        results["num_steps"] = phases.num_steps
     else:
         inr = make_inr(config)
         tx = optax.chain(
@@ -454,7 +918,7 @@ def plot_accuracy_vs_width(record, path) -> None:
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=f"{method} ({source})")
     ax.axvspan(31, 65, color="0.92", zorder=0, label="trained widths")
-    ax.set_xlabel("inner width of the last block (64 = full)")
+    ax.set_xlabel("inner width (64 = full; last block, HTTY: every block)")
     ax.set_ylabel("CIFAR-10 test accuracy")
     ax.set_title(f"{record['table']} ({record['variant']})")
     ax.legend(fontsize=7)

@@ -57,6 +57,7 @@ import time
 import jax
 import jax.numpy as jnp
 import jraph
+import ml_collections
 import numpy as np
 import optax
 import scipy.stats
@@ -80,7 +81,29 @@ ENCODERS = {
     "NG-T": (transformer.NGT, "graph"),
     "SNE": (sne.SNE, "chunks"),
 }
-KINDS = ("cnn_zoo", "inr_set")
+KINDS = ("cnn_zoo", "inr_set", "hetero_zoo")
+# Architecture families of the heterogeneous zoo (experiments/zoo_hetero.py), for
+# cross-architecture transfer: train on one, test on the others.
+FAMILIES = {
+    "all_cnn": lambda a: a["kind"] == "cnn",
+    "base": lambda a: (
+        a["kind"] == "cnn"
+        and len(a["widths"]) <= 3
+        and set(a["kernel_sizes"]) == {3}
+        and max(a["residual"]) < 0
+    ),
+    "deeper": lambda a: (
+        a["kind"] == "cnn"
+        and len(a["widths"]) >= 4
+        and set(a["kernel_sizes"]) == {3}
+        and max(a["residual"]) < 0
+    ),
+    "kernels": lambda a: (
+        a["kind"] == "cnn" and set(a["kernel_sizes"]) != {3} and max(a["residual"]) < 0
+    ),
+    "residual": lambda a: a["kind"] == "cnn" and max(a["residual"]) >= 0,
+}
+MIXED_ENCODERS = ("NG-GNN", "NG-T", "SNE")
 LOSSES = ("bce", "mse")
 
 
@@ -91,17 +114,24 @@ LOSSES = ("bce", "mse")
 class WeightData:
     """Networks of one architecture: `weights` canonical (tuple of per-layer dicts of
     stacked (N, ...) arrays), `target` (N,) float accuracy or int class, `splits`
-    {'train', 'val', 'test'} -> row indices, `num_classes` (0: regression)."""
+    {'train', 'val', 'test'} -> row indices, `num_classes` (0: regression).
+    Mixed architectures (a heterogeneous zoo): `spec` None, `specs` (N,) NetSpecs and
+    `weights` a list of N canonical weight tuples."""
 
-    spec: NetSpec
-    weights: tuple
+    spec: NetSpec | None
+    weights: tuple | list
     target: np.ndarray
     splits: dict
     num_classes: int
     source: str
+    specs: list | None = None
 
     def __len__(self) -> int:
         return len(self.target)
+
+    @property
+    def mixed(self) -> bool:
+        return self.spec is None
 
 
 def _finite_rows(weights) -> np.ndarray:
@@ -139,6 +169,8 @@ def load_data(data_config, seed: int, path=None) -> WeightData:
     sizes = tuple(data_config.get("split", (0.7, 0.1, 0.2)))
     max_n = data_config.get("max_networks", 0)
     try:
+        if kind == "hetero_zoo":
+            return _load_hetero(data_config, seed, path, sizes, max_n)
         if kind == "cnn_zoo":
             z = zoo_data.load_small_cnn_zoo(path, step=data_config.get("step", "last"))
             target_name = data_config.get("target", "test_accuracy")
@@ -179,6 +211,48 @@ def load_data(data_config, seed: int, path=None) -> WeightData:
             "use a larger data set or other data.split fractions"
         )
     return WeightData(spec, weights, target, split_rows, num_classes, str(path))
+
+
+def _family(name: str):
+    if name not in FAMILIES:
+        raise loop.UserError(
+            f"unknown architecture family {name!r}; choose one of {sorted(FAMILIES)}"
+        )
+    return FAMILIES[name]
+
+
+def _load_hetero(data_config, seed, path, sizes, max_n) -> WeightData:
+    """A heterogeneous zoo's last-epoch rows of family `data.family` (splits by seed)."""
+    z = zoo_data.load_hetero_zoo(path)
+    steps = np.asarray(z.metrics["step"]).astype(np.int64)
+    target_name = data_config.get("target", "test_accuracy")
+    target = np.asarray(z.metrics[target_name], np.float32)
+    fam = _family(data_config.get("family", "all_cnn"))
+    ok = (steps == steps.max()) & np.isfinite(target)
+    ok &= np.asarray([fam(a) for a in z.archs])
+    rows = _subsample(np.nonzero(ok)[0], max_n, seed)
+    rows = np.asarray(
+        [r for r in rows if np.all(np.isfinite(z.flat[z.offsets[r] : z.offsets[r + 1]]))], np.int64
+    )
+    family = data_config.get("family", "all_cnn")
+    if len(rows) == 0:
+        raise loop.UserError(f"{path} has no trained networks of family {family!r}")
+    specs = [z.spec(int(r)) for r in rows]
+    weights = [z.weights(int(r)) for r in rows]
+    parts = splits.random_split(len(rows), sizes, seed)
+    if sizes[0] > 0 and min(len(v) for v in parts.values()) == 0:
+        raise loop.UserError(
+            f"{path}: family {family!r} has {len(rows)} networks, too few for data.split {sizes}"
+        )
+    return WeightData(
+        None,
+        weights,
+        target[rows],
+        parts,
+        0,
+        f"{path} ({data_config.get('family', 'all_cnn')})",
+        specs,
+    )
 
 
 def _unflatten_rows(spec: NetSpec, flat: np.ndarray) -> tuple:
@@ -268,19 +342,88 @@ class Inputs:
         return chunking.chunk_batch(spec, weights, self.chunk_size)
 
 
-def graph_defaults(spec: NetSpec, k_max: int, reverse: bool) -> dict:
-    """Positional-embedding sizes and PNA's average log degree of one architecture."""
-    st = wgraph.structure(spec, k_max, reverse)
-    deg = np.bincount(st["receivers"], minlength=st["n_nodes"])
+def graph_slots(specs, weights, k_max: int, reverse: bool, n_slot: int, e_slot: int) -> dict:
+    """Neural graphs of networks of any architectures, each padded to a slot of `n_slot`
+    nodes and `e_slot` edges (numpy, leading axis N): per slot a real graph and a
+    padding graph (at least one node) that holds the padding edges."""
+    out = {k: [] for k in ("bias", "layer", "index", "role", "weight", "type", "senders",
+                           "receivers", "n_node", "n_edge")}  # fmt: skip
+    for spec, w in zip(specs, weights, strict=True):
+        st = wgraph.structure(spec, k_max, reverse)
+        bias, edges = (np.asarray(a) for a in wgraph.graph_features(spec, w, k_max, reverse))
+        n, e = st["n_nodes"], len(st["senders"])
+        pn, pe = n_slot - n, e_slot - e
+        out["bias"].append(np.pad(bias, ((0, pn), (0, 0))))
+        for k in ("layer", "index", "role"):
+            out[k].append(np.pad(st[k], (0, pn)))
+        out["weight"].append(np.pad(edges, ((0, pe), (0, 0))))
+        out["type"].append(np.pad(st["type"], (0, pe)))
+        out["senders"].append(np.concatenate([st["senders"], np.full(pe, n)]).astype(np.int32))
+        out["receivers"].append(np.concatenate([st["receivers"], np.full(pe, n)]).astype(np.int32))
+        out["n_node"].append(np.asarray([n, pn], np.int32))
+        out["n_edge"].append(np.asarray([e, pe], np.int32))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def slots_to_graph(s: dict) -> dict:
+    """`graph_slots` arrays (batch B) -> {'graph', 'graph_mask'} with 2B graphs (real,
+    padding, real, ...); the encoder's rows [::2] are the real graphs'. Traceable."""
+    b, ns = s["bias"].shape[:2]
+    offset = (jnp.arange(b, dtype=jnp.int32) * ns)[:, None]
+    flat = lambda a: a.reshape(-1, *a.shape[2:])
+    g = jraph.GraphsTuple(
+        nodes={"bias": flat(s["bias"]), "layer": flat(s["layer"]), "index": flat(s["index"]),
+               "role": flat(s["role"])},
+        edges={"weight": flat(s["weight"]), "type": flat(s["type"])},
+        senders=(s["senders"] + offset).reshape(-1),
+        receivers=(s["receivers"] + offset).reshape(-1),
+        n_node=s["n_node"].reshape(-1),
+        n_edge=s["n_edge"].reshape(-1),
+        globals=None,
+    )  # fmt: skip
+    return {"graph": g, "graph_mask": jnp.tile(jnp.asarray([True, False]), b)}
+
+
+def mixed_inputs(kind: str, sets, k_max: int, reverse: bool, chunk_size: int, scale: float):
+    """Precomputed encoder inputs (numpy, one leading row per network) of each WeightData
+    in `sets`, all with one slot size / chunk budget so that one compilation serves all."""
+    specs = [sp for d in sets for sp in d.specs]
+    if kind == "graph":
+        sts = [wgraph.structure(sp, k_max, reverse) for sp in specs]
+        n_slot = max(st["n_nodes"] for st in sts) + 1
+        e_slot = max(len(st["senders"]) for st in sts)
+        scaled = lambda d: [jax.tree.map(lambda a: np.asarray(a) / scale, w) for w in d.weights]
+        return [graph_slots(d.specs, scaled(d), k_max, reverse, n_slot, e_slot) for d in sets]
+    budget, max_layers = chunking.budget_for(specs, chunk_size)
+    out = []
+    for d in sets:
+        dicts = [
+            chunking.chunk(
+                sp, jax.tree.map(lambda a: np.asarray(a) / scale, w), chunk_size, budget, max_layers
+            )
+            for sp, w in zip(d.specs, d.weights, strict=True)
+        ]
+        out.append({k: np.asarray(v) for k, v in chunking.stack_chunks(dicts).items()})
+    return out
+
+
+def graph_defaults(specs, k_max: int, reverse: bool) -> dict:
+    """Positional-embedding sizes and PNA's average log degree covering the (distinct)
+    architectures `specs`."""
+    specs = list(dict.fromkeys(specs))
+    logs = []
+    for spec in specs:
+        st = wgraph.structure(spec, k_max, reverse)
+        logs.append(np.log(np.bincount(st["receivers"], minlength=st["n_nodes"]) + 1.0))
     return {
-        "max_inputs": spec.layers[0].in_features,
-        "max_hidden_layers": max(len(spec.layers) - 1, 1),
-        "max_outputs": spec.layers[-1].out_features,
-        "avg_log_degree": float(np.mean(np.log(deg + 1.0))),
+        "max_inputs": max(sp.layers[0].in_features for sp in specs),
+        "max_hidden_layers": max(max(len(sp.layers) - 1, 1) for sp in specs),
+        "max_outputs": max(sp.layers[-1].out_features for sp in specs),
+        "avg_log_degree": float(np.mean(np.concatenate(logs))),
     }
 
 
-def make_encoder(enc_config, spec: NetSpec, out_dim: int, inputs_config, table=None):
+def make_encoder(enc_config, specs, out_dim: int, inputs_config, table=None):
     """(flax module, input kind, whether it takes `train`) from config.encoder; its kwargs
     are `encoder.kwargs`, or `table[name]` (config.encoders) when those are empty."""
     if enc_config.name not in ENCODERS:
@@ -297,10 +440,13 @@ def make_encoder(enc_config, spec: NetSpec, out_dim: int, inputs_config, table=N
         for k, v in (kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)).items()
     }
     if kind == "graph":
-        defaults = graph_defaults(spec, inputs_config.k_max, inputs_config.reverse)
+        defaults = graph_defaults(specs, inputs_config.k_max, inputs_config.reverse)
         if enc_config.name == "NG-T":
             defaults.pop("avg_log_degree")
         kwargs = defaults | kwargs
+    if kind == "chunks":  # exact attention within layers: O(chunks x window) memory
+        window = chunking.max_layer_chunks(list(dict.fromkeys(specs)), inputs_config.chunk_size)
+        kwargs = {"window": window} | kwargs
     try:
         module = cls(out_dim=out_dim, **kwargs)
     except TypeError as e:
@@ -342,27 +488,58 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
 
 
 def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
-    """(loop.Task, predict function) for `data`; `extra_eval` {prefix: WeightData} are
-    evaluated too (same architecture)."""
+    """(loop.Task, encoder module) for `data`; `extra_eval` {prefix: WeightData} are
+    evaluated too (same architecture, or any for mixed data)."""
     train_rows = data.splits["train"]
-    stats = weight_stats(data.weights, train_rows)
-    norm = lambda w: standardise(w, stats)
     inp_cfg = config.inputs
     regression = data.num_classes == 0
     out_dim = 1 if regression else data.num_classes
-    model, kind, takes_train = make_encoder(
-        config.encoder, data.spec, out_dim, inp_cfg, config.get("encoders")
+    extra_eval = extra_eval or {}
+    all_sets = [data, *extra_eval.values()]
+    specs = [data.spec] if not data.mixed else [sp for d in all_sets for sp in d.specs]
+    # edge features hold k_max x k_max kernels: at least the largest kernel of the data
+    k_max = max(
+        [inp_cfg.k_max] + [max(ly.kernel_shape or (1,)) for sp in set(specs) for ly in sp.layers]
     )
-    inputs = Inputs(data.spec, kind, inp_cfg.k_max, inp_cfg.reverse, inp_cfg.chunk_size)
-    if kind == "stats":  # standardise the statistics with the training set's
-        w = norm(_take(data.weights, train_rows[:4096]))
-        s = np.asarray(jax.jit(jax.vmap(lambda x: baselines.statnn_features(data.spec, x)))(w))
-        sd = s.std(0)
-        inputs = dataclasses.replace(
-            inputs,
-            stats_mean=tuple(s.mean(0).tolist()),
-            stats_std=tuple(np.where(sd > 0, sd, 1.0).tolist()),
-        )
+    inp_cfg = ml_collections.ConfigDict(inp_cfg.to_dict() | {"k_max": k_max})
+    model, kind, takes_train = make_encoder(
+        config.encoder, specs, out_dim, inp_cfg, config.get("encoders")
+    )
+    if data.mixed:
+        if config.encoder.name not in MIXED_ENCODERS:
+            raise loop.UserError(
+                f"encoder {config.encoder.name!r} needs networks of one architecture; on a "
+                f"heterogeneous zoo use one of {MIXED_ENCODERS}"
+            )
+        if any(config.augment.get(k) for k in ("permute", "noise", "dropout")) or config.get(
+            "invariance_weight", 0.0
+        ):
+            raise loop.UserError(
+                "augment.* and invariance_weight need networks of one architecture; set "
+                "them to 0 / False for a heterogeneous zoo"
+            )
+        train_w = [np.concatenate([v.ravel() for a in data.weights[r] for v in a.values()])
+                   for r in train_rows[:512]]  # fmt: skip
+        scale = float(np.std(np.concatenate(train_w))) or 1.0  # one global weight scale
+        xs = mixed_inputs(kind, all_sets, inp_cfg.k_max, inp_cfg.reverse, inp_cfg.chunk_size, scale)
+        pre = {id(d): x for d, x in zip(all_sets, xs, strict=True)}
+        fetch = lambda d, rows: jax.tree.map(lambda a: a[rows], pre[id(d)])
+        encode = slots_to_graph if kind == "graph" else (lambda x: x)
+    else:
+        stats = weight_stats(data.weights, train_rows)
+        norm = lambda w: standardise(w, stats)
+        fetch = lambda d, rows: norm(_take(d.weights, rows))
+        encode = Inputs(data.spec, kind, inp_cfg.k_max, inp_cfg.reverse, inp_cfg.chunk_size)
+        if kind == "stats":  # standardise the statistics with the training set's
+            w = fetch(data, train_rows[:4096])
+            feats = jax.jit(jax.vmap(lambda x: baselines.statnn_features(data.spec, x)))(w)
+            feats = np.asarray(feats)
+            sd = feats.std(0)
+            encode = dataclasses.replace(
+                encode,
+                stats_mean=tuple(feats.mean(0).tolist()),
+                stats_std=tuple(np.where(sd > 0, sd, 1.0).tolist()),
+            )
     loss_name = config.get("loss", "bce")
     if regression and loss_name not in LOSSES:
         raise loop.UserError(f"unknown loss {loss_name!r} (config.loss); choose one of {LOSSES}")
@@ -370,12 +547,14 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     tx = classify.make_optimizer(config.optimizer, config.train.num_steps)
     batch_size = config.train.batch_size
 
-    def apply(params, weights, train=False, key=None):
-        x = inputs(weights)
+    def apply(params, payload, train=False, key=None):
+        x = encode(payload)
         if takes_train:
             rngs = {"dropout": key} if key is not None else None
-            return model.apply({"params": params}, x, train=train, rngs=rngs)
-        return model.apply({"params": params}, x)
+            out = model.apply({"params": params}, x, train=train, rngs=rngs)
+        else:
+            out = model.apply({"params": params}, x)
+        return out[::2] if data.mixed and kind == "graph" else out  # drop padding graphs
 
     def predict(params, weights):
         """Predictions on the target's scale: accuracy (regression) or class logits."""
@@ -395,8 +574,7 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
 
     def init(key):
         pkey, dkey, skey = jax.random.split(key, 3)
-        sample = _take(data.weights, train_rows[:2])
-        x = inputs(sample)
+        x = encode(fetch(data, train_rows[:2]))
         if takes_train:
             params = model.init({"params": pkey, "dropout": dkey}, x, train=False)["params"]
         else:
@@ -405,7 +583,9 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
 
     def train_step(state, batch, key):
         akey, dkey, pkey = jax.random.split(key, 3)
-        w = augment(data.spec, batch["weights"], akey, config.augment)
+        w = batch["x"]
+        if not data.mixed:
+            w = augment(data.spec, w, akey, config.augment)
 
         def loss_fn(params):
             out = apply(params, w, True, dkey)
@@ -424,8 +604,10 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
         return state.replace(params=params, opt_state=opt_state), metrics
 
     def eval_fn(state, batch):
-        w = batch["weights"]
+        w = batch["x"]
         y = predict(state.params, w)
+        if data.mixed:  # (the gap needs one architecture to permute)
+            return {"pred": y, "gap": jnp.zeros(len(y))}
         y_pi = predict(state.params, sne.permute_batch(data.spec, w, jax.random.key(123)))
         return {"pred": y, "gap": jnp.abs(y - y_pi).reshape(len(y), -1).mean(1)}
 
@@ -438,15 +620,14 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
         for start in range(0, len(rows), eval_bs):
             idx = rows[start : start + eval_bs]
             idx = np.concatenate([idx, np.full(eval_bs - len(idx), idx[0])])
-            w = norm(_take(d.weights, idx[mine]))
-            out = eval_jit(state, parallel.shard_batch({"weights": w}, mesh))
+            out = eval_jit(state, parallel.shard_batch({"x": fetch(d, idx[mine])}, mesh))
             n = min(eval_bs, len(rows) - start)
             preds.append(np.asarray(out["pred"])[:n])
             gaps.append(np.asarray(out["gap"])[:n])
         return np.concatenate(preds), np.concatenate(gaps)
 
     sets = {k: (data, data.splits[k]) for k in ("val", "test")}
-    for prefix, d in (extra_eval or {}).items():
+    for prefix, d in extra_eval.items():
         sets[prefix] = (d, np.arange(len(d)))
 
     def evaluate(state):
@@ -460,7 +641,8 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
                 ce = optax.softmax_cross_entropy_with_integer_labels(pred, y)
                 out[f"{name}_accuracy"] = float(np.mean(np.argmax(pred, -1) == y))
                 out[f"{name}_loss"] = float(np.mean(ce))
-            out[f"{name}_invariance_gap"] = float(np.mean(gap))
+            if not data.mixed:
+                out[f"{name}_invariance_gap"] = float(np.mean(gap))
         return out
 
     mine_train = parallel.process_slice(batch_size)
@@ -473,7 +655,7 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     def batch(step):
         idx = train_rows[loop.batch_indices(len(train_rows), batch_size, config.seed, step)]
         idx = idx[mine_train]
-        return {"weights": norm(_take(data.weights, idx)), "y": data.target[idx]}
+        return {"x": fetch(data, idx), "y": data.target[idx]}
 
     return loop.Task(init, train_step, batch, batch_size, evaluate), model
 
@@ -487,12 +669,17 @@ def run(config, workdir) -> dict:
     extra = {}
     if config.data.get("test_path", ""):
         other = load_data(config.data, config.seed, path=config.data.test_path)
-        if other.spec.layers != data.spec.layers:
+        if data.mixed or other.spec.layers != data.spec.layers:
             raise loop.UserError(
-                f"data.test_path {config.data.test_path!r} holds another architecture than "
-                f"data.path {config.data.path!r}"
+                f"data.test_path {config.data.test_path!r} must hold the architecture of "
+                f"data.path {config.data.path!r} (a Small CNN Zoo or INR set)"
             )
         extra["transfer"] = _rows_only(other, other.splits["test"])
+    for family in config.data.get("test_families", ()) if data.mixed else ():
+        fam_cfg = ml_collections.ConfigDict(config.data.to_dict() | {"family": family})
+        fam_cfg.split, fam_cfg.max_networks = (0.0, 0.0, 1.0), 0
+        other = load_data(fam_cfg, config.seed)
+        extra[f"transfer_{family}"] = _rows_only(other, other.splits["test"])
     task, model = build(config, data, mesh, extra)
     t0 = time.perf_counter()
     state, final = loop.train(task, config, workdir, mesh=mesh)
@@ -516,11 +703,11 @@ def run(config, workdir) -> dict:
 
 def _rows_only(d: WeightData, rows) -> WeightData:
     """`d` restricted to `rows` (all of them form its 'test' split)."""
+    if d.mixed:
+        weights, specs = [d.weights[r] for r in rows], [d.specs[r] for r in rows]
+    else:
+        weights, specs = _take(d.weights, rows), None
     return WeightData(
-        d.spec,
-        _take(d.weights, rows),
-        d.target[rows],
-        {"test": np.arange(len(rows))},
-        d.num_classes,
-        d.source,
-    )
+        d.spec, weights, d.target[rows], {"test": np.arange(len(rows))}, d.num_classes,
+        d.source, specs,
+    )  # fmt: skip

@@ -121,7 +121,8 @@ def pool_attention(q, k, v, k_seg):
     qk = q[jnp.clip(k_seg, 0, n_seg - 1)]  # (Nk, kq, H, D): each key's segment queries
     s = jnp.einsum("nihd,nhd->nih", qk, k) / math.sqrt(q.shape[-1])
     mx = jax.ops.segment_max(jnp.where(valid[:, None, None], s, NEG), seg, n_seg + 1)
-    p = jnp.exp(s - mx[seg]) * valid[:, None, None]
+    vm = valid[:, None, None]  # padding keys: exp(0) then 0 (not exp(s - NEG) * 0 = nan,
+    p = jnp.where(vm, jnp.exp(jnp.where(vm, s - mx[seg], 0.0)), 0.0)  # whose gradient is nan)
     den = jax.ops.segment_sum(p, seg, n_seg + 1)[:n_seg]
     num = jax.ops.segment_sum(p[..., None] * v[:, None], seg, n_seg + 1)[:n_seg]
     return num / jnp.where(den > 0, den, 1.0)[..., None]

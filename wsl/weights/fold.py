@@ -37,7 +37,14 @@ def fold_batchnorm(spec: NetSpec, weights) -> tuple[NetSpec, tuple]:
             if src < 0 or spec.layers[src].kind not in ("dense", "conv"):
                 raise ValueError(
                     f"BatchNorm {layer.name!r} does not follow a dense or conv "
-                    f"layer (src {src}); it cannot be folded"
+                    f"layer (src {src}); it cannot be folded (reparameterize_batchnorm "
+                    "turns it into a 1x1 conv instead)"
+                )
+            if not layer.direct:
+                raise ValueError(
+                    f"BatchNorm {layer.name!r} reads {spec.layers[src].name!r} through a "
+                    "nonlinearity (or max pooling, padding, a residual sum); it cannot be "
+                    "folded into it (reparameterize_batchnorm turns it into a 1x1 conv)"
                 )
             fold_into[i] = src
     by_src = {s: n for n, s in fold_into.items()}
@@ -72,7 +79,8 @@ def fold_batchnorm(spec: NetSpec, weights) -> tuple[NetSpec, tuple]:
 
 def _orphan_norms(spec: NetSpec) -> list[int]:
     """BatchNorm layers with no dense/conv output to fold into: their input is the
-    network input, another norm, or a residual sum (the output of a residual's dst)."""
+    network input, another norm, a residual sum (the output of a residual's dst), or a
+    layer's output after a nonlinearity (`Layer.direct` False)."""
     summed = {r.dst for r in spec.residuals}
     return [
         i
@@ -82,6 +90,7 @@ def _orphan_norms(spec: NetSpec) -> list[int]:
             layer.src < 0
             or spec.layers[layer.src].kind not in ("dense", "conv")
             or layer.src in summed
+            or not layer.direct
         )
     ]
 

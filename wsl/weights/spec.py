@@ -71,6 +71,8 @@ class Layer:
     in_spatial: int = 1  # > 1 when a dense layer reads a flattened (H, W, C) activation
     src: int = -1  # index of the layer whose output this layer reads (-1: network input)
     eps: float = 1e-5  # BatchNorm epsilon (norm layers only)
+    direct: bool = True  # norms: reads `src`'s output with no nonlinearity, pooling by
+    #                      max, zero padding or residual sum in between (so it can fold)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -207,6 +209,7 @@ class _Act:
     producer: int  # layer index that wrote these channels (-1: the network input)
     spatial: int = 1  # > 1 after flattening (H, W, C) -> H*W*C
     offset: int = 0  # channel offset relative to the producer (after a zero pad)
+    raw: bool = True  # only affine maps since the producer (a norm reading it can fold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +380,7 @@ class _Tracer:
                 self.restrict(a.group, "sign")
             elif prim in _NONLINEAR:
                 self.restrict(a.group, "none")
-            return keep(a)
+            return keep(a, raw=a.raw and prim in _LINEAR_UNARY)
 
         if prim in ("reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "reduce_prod"):
             nd = len(in_shape[0])
@@ -390,7 +393,7 @@ class _Tracer:
                 self.restrict(a.group, "positive")
             elif prim != "reduce_sum":
                 return unknown()
-            return keep(a)
+            return keep(a, raw=a.raw and prim == "reduce_sum")
 
         if prim.startswith("reduce_window"):
             dims = p.get("window_dimensions", ())
@@ -398,6 +401,7 @@ class _Tracer:
                 return unknown()
             if "max" in prim or "min" in prim:
                 self.restrict(a.group, "positive")
+                return keep(a, raw=False)
             return keep(a)
 
         if prim in ("reshape", "broadcast_in_dim", "squeeze", "expand_dims"):
@@ -436,7 +440,7 @@ class _Tracer:
                 return unknown()
             g = self.new_group(int(lo + last + hi))
             self.embeds.append((a.group, g, int(lo)))
-            return keep(a, group=g, offset=a.offset + int(lo))
+            return keep(a, group=g, offset=a.offset + int(lo), raw=False)
 
         if prim == "transpose":
             perm = tuple(p["permutation"])
@@ -481,12 +485,15 @@ class _Tracer:
             ):
                 skip, main = sorted((a, b), key=lambda x: x.producer)
                 self.residuals.append((skip.producer, main.producer, skip.offset - main.offset))
-                return [_Act(g, main.producer, 1, main.offset) for _ in range(n_out)]
+                return [_Act(g, main.producer, 1, main.offset, raw=False) for _ in range(n_out)]
             if prim not in ("add", "sub", "select_n"):
                 self.restrict(g, "none")
             elif prim == "select_n":
                 self.restrict(g, "none")
-            return [_Act(g, max(a.producer, b.producer), a.spatial, a.offset) for _ in range(n_out)]
+            raw = a.raw and b.raw and prim in ("add", "sub")
+            return [
+                _Act(g, max(a.producer, b.producer), a.spatial, a.offset, raw) for _ in range(n_out)
+            ]
         if params:
             leaves = frozenset().union(*[x.leaves for x in params])
             size = in_shape[ins.index(a)][-1] if in_shape[ins.index(a)] else None
@@ -500,7 +507,7 @@ class _Tracer:
                 prim == "div" and ins.index(a) != 0
             ):
                 self.mark_other(leaves, a.group)
-                return [a for _ in range(n_out)]
+                return [dataclasses.replace(a, raw=False) for _ in range(n_out)]
             self.tie(leaves, a.group, size)
             producer = a.producer
             for mod in sorted({self.module_of(leaf) for leaf in leaves}):
@@ -509,8 +516,10 @@ class _Tracer:
                     continue  # a dense/conv bias: the layer itself wrote these channels
                 if info.get("src") is None:  # a norm's first contact with an activation
                     info["src"] = a.producer
+                    info["direct"] = a.raw
                 producer = info["index"]
-            return [dataclasses.replace(a, producer=producer) for _ in range(n_out)]
+            raw = a.raw if producer == a.producer else True  # a norm's output is raw
+            return [dataclasses.replace(a, producer=producer, raw=raw) for _ in range(n_out)]
         # activation with constants only
         other = [v for v, x in zip(vals, ins, strict=True) if x is None]
         if prim in ("max", "min"):
@@ -525,7 +534,8 @@ class _Tracer:
             self.restrict(a.group, "none")
         elif prim not in ("mul", "div"):
             self.restrict(a.group, "none")
-        return [a for _ in range(n_out)]
+        affine = prim in ("add", "sub", "mul") or (prim == "div" and ins.index(a) == 0)
+        return [dataclasses.replace(a, raw=a.raw and affine) for _ in range(n_out)]
 
     def linear(self, eqn, ins, a: _Act, out_shape) -> list | None:
         if ins.index(a) != 0 or not isinstance(ins[1], _Param) or len(ins[1].leaves) != 1:
@@ -711,6 +721,7 @@ def _assemble(tr: _Tracer, paths, shapes) -> NetSpec:
                     1,
                     resolve(info.get("src", -1)),
                     eps,
+                    bool(info.get("direct", True)),
                 )
             )
         else:

@@ -1,0 +1,44 @@
+"""Cross-architecture transfer (SNE, Andreis et al. 2024): train an accuracy predictor on
+one architecture family of our heterogeneous zoo (experiments/zoo_hetero.py), test it on
+families it never saw — deeper CNNs, other kernel sizes, residual links — without any code
+or config change. Only encoders that read any architecture apply: SNE and the neural
+graphs (NG-GNN, NG-T).
+
+Families (wsl.methods.predict.FAMILIES): base = CNNs of 2-3 layers, 3x3 kernels, no
+residual links (train; 70 / 10 / 20 % split); deeper = 4-5 layers, 3x3, no residual;
+kernels = 5x5 or 7x7 kernels, no residual; residual = with residual links. MLPs are left
+out (their 784 input neurons would dominate the padded graphs).
+
+smoke: 300 steps. cpu: 3,000 steps. paper: 20,000 steps with the encoders widened.
+
+    python -m wsl.main --config=experiments/sne_cross_arch.py:smoke \
+        --config.encoder.name=SNE --workdir=runs/sne_cross
+"""
+
+import importlib.util
+import pathlib
+
+_spec = importlib.util.spec_from_file_location(
+    "ng_cnn", pathlib.Path(__file__).with_name("ng_cnn_generalization.py")
+)
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config(variant: str = "smoke"):
+    c = _base.get_config(variant)
+    c.encoder.name = "SNE"
+    c.data.kind = "hetero_zoo"
+    c.data.path = "zoos/hetero"
+    c.data.family = "base"
+    c.data.test_families = ("deeper", "kernels", "residual")
+    c.data.max_networks = 0
+    c.inputs.k_max = 7
+    c.inputs.chunk_size = 64  # up to 32 x 32 x 7 x 7 kernels: ~800 chunks of 64 per network
+    c.train.eval_batch_size = 32  # attention memory grows with chunks x window per network
+    c.train.batch_size = 32
+    steps = {"smoke": 300, "cpu": 3000}.get(variant, 20000)
+    c.train.num_steps = steps
+    c.train.eval_every = steps // 3
+    c.optimizer.warmup_steps = steps // 20
+    return c

@@ -1,0 +1,124 @@
+"""Summarise the generated zoos and INR sets (README: Model zoos and INR sets): for each
+folder that exists, its generating command, wall time, size and the spread of the property
+the later tables predict (test accuracy of the zoos' networks, PSNR of the INRs). Writes
+results/zoos.{md,json} with this repo's commit and the machine.
+
+    python scripts/zoo_report.py [--folders zoos/mnist inrs/mnist ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import reproduce  # noqa: E402  (commit, machine, now)
+
+ROOT = reproduce.ROOT
+FOLDERS = ("zoos/mnist", "zoos/fashion_mnist", "zoos/hetero", "inrs/mnist", "inrs/fashion_mnist")
+
+
+def summarise(folder: pathlib.Path) -> dict | None:
+    meta_file = folder / "config.json"
+    if not meta_file.exists():
+        return None
+    meta = json.loads(meta_file.read_text())
+    cfg = meta["config"]
+    row = {
+        "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
+        "kind": cfg.get("kind"),
+        "dataset": cfg.get("dataset"),
+        "variant": cfg.get("variant"),
+        "command": meta.get("command"),
+        "wall_s": meta.get("wall_seconds_total"),
+    }
+    if cfg.get("kind") == "inr":
+        from wsl.data import inr
+
+        s = inr.load_inr_set(folder)
+        p = np.asarray(s.psnr, np.float64)
+        row |= {
+            "n": len(s),
+            "recipe": f"SIREN {cfg['hidden']}, omega_0 {cfg['omega_0']}, {cfg['steps']} Adam "
+            f"steps (lr {cfg['learning_rate']}), full batch",
+            "psnr_mean": float(p.mean()),
+            "psnr_min": float(p.min()),
+            "psnr_median": float(np.median(p)),
+            "psnr_max": float(p.max()),
+        }
+        return row
+    from wsl.data import zoo
+
+    if cfg.get("kind") == "hetero":
+        z = zoo.load_hetero_zoo(folder)
+        steps = np.asarray(z.metrics["step"]).astype(int)
+        acc = np.asarray(z.metrics["test_accuracy"], np.float64)[steps == steps.max()]
+    else:
+        z = zoo.load_small_cnn_zoo(folder, step="last")
+        acc = np.asarray(z.metrics["test_accuracy"], np.float64)
+    row |= {
+        "n": int(len(acc)),
+        "recipe": f"{cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, "
+        f"checkpoints at epochs {list(cfg.get('record_epochs', []))}",
+        "test_accuracy_min": float(acc.min()),
+        "test_accuracy_median": float(np.median(acc)),
+        "test_accuracy_max": float(acc.max()),
+        "test_accuracy_iqr": [float(np.quantile(acc, 0.25)), float(np.quantile(acc, 0.75))],
+    }
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folders", nargs="*", default=list(FOLDERS))
+    parser.add_argument("--out", default=str(ROOT / "results" / "zoos"))
+    args = parser.parse_args(argv)
+    rows = [r for f in args.folders if (r := summarise((ROOT / f).absolute()))]
+    record = {
+        "rows": rows,
+        "command": "python scripts/zoo_report.py",
+        "commit": reproduce.commit(),
+        "date": reproduce.now(),
+        "machine": reproduce.machine(),
+        "note": "generated here from the real images with the published recipes, shortened "
+        "for a 2-core CPU (variant 'cpu'); the published zoos and INR sets are not reachable",
+    }
+    lines = [
+        "# Generated zoos and INR sets",
+        "",
+        "| folder | networks | recipe | property spread | wall time | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["kind"] == "inr":
+            spread = (f"PSNR mean {r['psnr_mean']:.1f} dB (min {r['psnr_min']:.1f}, median "
+                      f"{r['psnr_median']:.1f}, max {r['psnr_max']:.1f})")  # fmt: skip
+        else:
+            lo, mid, hi = (r[f"test_accuracy_{k}"] for k in ("min", "median", "max"))
+            spread = f"test acc. min {lo:.3f} / median {mid:.3f} / max {hi:.3f}"
+        wall = "?" if r["wall_s"] is None else f"{r['wall_s'] / 60:.0f} min"
+        lines.append(f"| {r['folder']} | {r['n']:,} | {r['recipe']} | {spread} | {wall} | "
+                     f"`{r['command']}` |")  # fmt: skip
+    m = record["machine"]
+    lines += [
+        "",
+        f"- {record['note']}",
+        "- wall time: as the generator records it, summed over the runs that reached the "
+        "end; a run killed earlier is not counted, though the shards it wrote are kept "
+        "(inrs/mnist: 21 of its 79 shards came from such a run)",
+        f"- commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} CPUs",
+    ]
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
