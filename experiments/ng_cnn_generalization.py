@@ -73,6 +73,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             "warmup_steps": steps // 20,
             "momentum": 0.0,
             "weight_decay": 5e-4,
+            "clip": 10.0,  # the reference clips the gradients' global norm at 10
         }
     )
     c.train = ml_collections.ConfigDict(

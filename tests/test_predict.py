@@ -198,3 +198,35 @@ def test_mixed_architectures_batch_like_alone(name):
 def test_mixed_rejects_fixed_size_encoders():
     with pytest.raises(loop.UserError, match="needs networks of one architecture"):
         predict.build(_config("MLP"), _mixed(4), parallel.make_mesh())
+
+
+def test_optimizer_clips_the_gradient_norm():
+    """optimizer.clip bounds the update of an SGD step by the clipped norm; 0 leaves it."""
+    from wsl.methods import classify
+
+    params = {"w": jnp.zeros(4)}
+    grads = {"w": jnp.full(4, 100.0)}  # norm 200
+    for clip, norm in ((1.0, 1.0), (0.0, 200.0)):
+        opt = ml_collections.ConfigDict(
+            {"name": "sgd", "learning_rate": 1.0, "schedule": "constant", "clip": clip}
+        )
+        tx = classify.make_optimizer(opt, 10)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        np.testing.assert_allclose(float(jnp.linalg.norm(updates["w"])), norm, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["NG-GNN", "NG-T"])
+def test_cat_readout_of_the_last_graph(name):
+    """With no padding graph at the end, the last graph's 'cat' readout must still read its
+    output neurons only (a -1 scatter index once wrapped every other node into its slot)."""
+    d = _data()
+    w = predict._take(d.weights, np.arange(3))
+    batch = predict.graph_batch(d.spec, w, 3, True)
+    padded = jraph.pad_with_graphs(batch["graph"], 200, 6000, 4)
+    cfg = _config(name)
+    model, _, _ = predict.make_encoder(cfg.encoder, [d.spec], 2, cfg.inputs, cfg.encoders)
+    model = model.clone(pooling="cat")
+    params = jax.jit(model.init)(jax.random.key(0), batch)
+    plain = jax.jit(model.apply)(params, batch)
+    ref = jax.jit(model.apply)(params, {"graph": padded, "graph_mask": jnp.arange(4) < 3})
+    np.testing.assert_allclose(plain, ref[:3], rtol=1e-4, atol=1e-5)

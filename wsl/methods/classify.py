@@ -34,7 +34,8 @@ RESULTS_FILE = "results.json"
 
 def make_optimizer(opt, num_steps: int) -> optax.GradientTransformation:
     """optax optimiser from `config.optimizer`: adam / adamw / sgd (+ momentum), a constant
-    or warmup + cosine-decay learning rate, weight decay (decoupled for adamw, L2 otherwise)."""
+    or warmup + cosine-decay learning rate, weight decay (decoupled for adamw, L2 otherwise),
+    optional gradient clipping by global norm (`clip`, default off)."""
     if opt.name not in OPTIMIZERS:
         raise loop.UserError(f"unknown optimizer {opt.name!r}; choose one of {OPTIMIZERS}")
     schedule = opt.get("schedule", "constant")
@@ -46,9 +47,12 @@ def make_optimizer(opt, num_steps: int) -> optax.GradientTransformation:
         lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
     wd = opt.get("weight_decay", 0.0)
     if opt.name == "adamw":
-        return optax.adamw(lr, weight_decay=wd)
-    base = optax.adam(lr) if opt.name == "adam" else optax.sgd(lr, opt.get("momentum") or None)
-    return optax.chain(optax.add_decayed_weights(wd), base) if wd else base
+        tx = optax.adamw(lr, weight_decay=wd)
+    else:
+        base = optax.adam(lr) if opt.name == "adam" else optax.sgd(lr, opt.get("momentum") or None)
+        tx = optax.chain(optax.add_decayed_weights(wd), base) if wd else base
+    clip = opt.get("clip", 0.0)  # > 0: clip the gradients' global norm first
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
 def make_model(model_config):

@@ -394,9 +394,11 @@ class Readout(nn.Module):
         real = graph_mask[gid]
         is_out = (graph.nodes["role"] == ROLE_OUTPUT) & real
         if self.pooling == "cat":
+            size = n_graph * self.max_outputs
             slot = gid * self.max_outputs + graph.nodes["index"]
-            slot = jnp.where(is_out & (graph.nodes["index"] < self.max_outputs), slot, -1)
-            h = jnp.zeros((n_graph * self.max_outputs, x.shape[-1]), x.dtype)
+            # other nodes go out of range and are dropped (-1 would wrap to the last slot)
+            slot = jnp.where(is_out & (graph.nodes["index"] < self.max_outputs), slot, size)
+            h = jnp.zeros((size, x.shape[-1]), x.dtype)
             h = h.at[slot].add(x, mode="drop").reshape(n_graph, -1)
         elif self.pooling == "mean":
 
