@@ -14,7 +14,7 @@ for k = ceil(fraction x number of blocks) at each of `fractions`; results.json r
 curve and, at `target_fraction`, test_accuracy, accuracy_drop, blocks_replaced_frac,
 params_removed_frac.
 
-smoke: 500 fit samples, the first 2000 test images, fractions 0.1 .. 0.4.
+smoke: 500 fit samples, 2000 test images (a fixed random subset), fractions 0.1 .. 0.4.
 paper: 500 fit samples, the full test set, fractions 0.1 .. 0.5.
 
     python -m wsl.main --config=experiments/redundancy.py:smoke --workdir=runs/red \\
@@ -40,7 +40,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.ridge = 0.0  # > 0: ridge-regularised fit (relative to the mean eigenvalue of X'X)
     c.sequential = False  # True: fit each span on the inputs of the already-approximated net
     c.num_samples = 500  # training images the maps are fitted on
-    c.eval_size = 2000 if smoke else 0  # first test images to evaluate on (0: all)
+    c.eval_size = 2000 if smoke else 0  # test images (images.subset: fixed, random; 0: all)
     c.fractions = (0.1, 0.2, 0.3, 0.4) if smoke else (0.1, 0.2, 0.3, 0.4, 0.5)
     c.target_fraction = 0.2  # the operating point reported in results.json
     c.similarity_samples = 500  # samples for the CKA / cosine heat map

@@ -344,3 +344,13 @@ def test_ensure_file_existing_is_not_hashed(tmp_path):
     f = tmp_path / "x.bin"
     f.write_bytes(b"abc")
     assert images.ensure_file(f, "https://example.invalid/x.bin", "0" * 64) == f
+
+
+def test_subset_is_fixed_sorted_and_covers_class_ordered_files():
+    y = np.repeat(np.arange(10), 1000)  # files list examples class by class
+    idx = images.subset(len(y), 2000)
+    assert len(np.unique(idx)) == 2000 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, images.subset(len(y), 2000))
+    assert np.bincount(y[idx], minlength=10).min() > 150  # `[:2000]` would hold 2 classes
+    np.testing.assert_array_equal(images.subset(50, 0), np.arange(50))
+    np.testing.assert_array_equal(images.subset(50, 80), np.arange(50))

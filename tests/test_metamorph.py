@@ -166,8 +166,8 @@ def test_zero_channels_compute_the_narrow_network():
     )
 
 
-def test_neumeta_train_step_runs_and_lowers_the_loss():
-    sub = _subject()
+def _neumeta_steps(sub, data, steps=8):
+    """Losses of `steps` NeuMeta train steps on `data` and the final evaluation."""
     c = ml_collections.ConfigDict(
         {
             "seed": 0,
@@ -179,19 +179,37 @@ def test_neumeta_train_step_runs_and_lowers_the_loss():
             "eval": {"k_samples": 2},
         }
     )
-    data = {"train": (np.asarray(X), np.arange(4) % 2), "test": (np.asarray(X), np.arange(4) % 2)}
     inr = metamorph.make_inr(c)
     tx = optax.adam(1e-2)
     task = metamorph.make_neumeta_task(sub, inr, tx, data, c, parallel.make_mesh())
     state = task.init(jax.random.key(0))
     step = jax.jit(task.train_step)
     losses = []
-    for i in range(8):
+    for i in range(steps):
         state, m = step(state, task.batch(i), jax.random.key(i))
         losses.append(float(m["loss"]))
+    return np.asarray(losses), task.evaluate(state)
+
+
+def test_neumeta_train_step_lowers_the_loss_and_the_cached_prefix_is_exact():
+    data = {"train": (np.asarray(X), np.arange(4) % 2), "test": (np.asarray(X), np.arange(4) % 2)}
+    sub = _subject()
+    losses, out = _neumeta_steps(sub, data)
     assert np.all(np.isfinite(losses)) and min(losses[4:]) < losses[0]
-    out = task.evaluate(state)
     assert set(out) >= {"acc_c75", "recon_rel_error", "acc_full_noiseless"}
+    # the frozen blocks before the generated one, run once: the same network, split
+    m, v, _ = resnet8()
+    for k in range(4):
+        split = m.apply(v, m.apply(v, X, stop=k), start=k)
+        np.testing.assert_allclose(split, m.apply(v, X), atol=1e-5)
+    assert metamorph.frozen_blocks(sub) == 2  # layer3_0 is ResNet8's third block
+    cached_sub, cached = metamorph.cache_prefix(sub, data)
+    assert cached_sub.start == 2 and cached["train"][0].shape == (4, 4, 4, 8)
+    cached_losses, cached_out = _neumeta_steps(cached_sub, cached)
+    np.testing.assert_allclose(cached_losses, losses, rtol=1e-5, atol=1e-6)
+    assert set(cached_out) == set(out)
+    for key in out:
+        np.testing.assert_allclose(cached_out[key], out[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
 # ---- HTTY ---------------------------------------------------------------------------

@@ -436,6 +436,15 @@ def train_val_split(x, y, val_size: int | float, seed: int):
     return (x[train], y[train]), (x[val], y[val])
 
 
+def subset(n_total: int, n: int, seed: int = 1234) -> np.ndarray:
+    """Sorted indices of a fixed random `n` of `n_total` examples (all when n is 0 or
+    >= n_total). Use it, never `[:n]`: the files list examples by class (the first 2,000
+    CIFAR-10 test images are airplanes and cars only)."""
+    if not n or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
 def preprocess(x: np.ndarray, scheme: str) -> np.ndarray:
     """uint8 NHWC images -> float32 by ``scheme``.
 

@@ -109,7 +109,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from wsl.data import pretrained
+from wsl.data import images, pretrained
 from wsl.methods import classify
 from wsl.nn import hyper, subjects
 from wsl.train import loop, parallel
@@ -137,21 +137,33 @@ class Subject:
     groups: tuple[int, ...]
     blocks: tuple[str, ...] = ()  # HTTY: the residual blocks in training order (plan.blocks)
     shared: tuple[int, ...] = ()  # HTTY: layers trained directly, shared by all configs
+    start: int | None = None  # inputs are the activations entering this residual block
 
 
-def prepare(depth: int, generate: str, hidden: str, smooth: bool = True) -> Subject:
+def prepare(
+    depth: int, generate: str, hidden: str, smooth: bool = True, per_layer: bool = False
+) -> Subject:
     """akamaster's pretrained ResNet-`depth` as a Subject (`make_subject`)."""
     _, variables, spec = pretrained.resnet_cifar10_flax(depth)
     module = subjects.ResNet(depth, norm=False)
-    return make_subject(
-        module, spec, convert.flax_to_canonical(spec, variables), generate, hidden, smooth
-    )
+    weights = convert.flax_to_canonical(spec, variables)
+    return make_subject(module, spec, weights, generate, hidden, smooth, per_layer)
 
 
-def make_subject(module, spec: NetSpec, weights, generate: str, hidden: str, smooth: bool = True):
+def make_subject(
+    module,
+    spec: NetSpec,
+    weights,
+    generate: str,
+    hidden: str,
+    smooth: bool = True,
+    per_layer: bool = False,
+):
     """Fold BatchNorm (`fold.reparameterize_batchnorm`), smooth (`symmetry.smooth`); the
     layers whose names fully match regex `generate` are generated, the output groups of
-    those matching `hidden` are metamorphic. `module` is the folded architecture."""
+    those matching `hidden` are metamorphic. `module` is the folded architecture.
+    `per_layer`: one INR per generated layer (NeuMeta's reference composes one MLP per
+    parameter tensor), else one INR for all."""
     spec, weights = fold.reparameterize_batchnorm(spec, weights)
     if smooth:
         weights = symmetry.smooth(spec, weights)
@@ -163,7 +175,8 @@ def make_subject(module, spec: NetSpec, weights, generate: str, hidden: str, smo
             f"config.model.generate={generate!r} / hidden={hidden!r} match no layer of "
             f"{[layer.name for layer in spec.layers]}"
         )
-    return Subject(module, spec, weights, hyper.make_plan(spec, gen), tuple(groups))
+    plan = hyper.make_plan(spec, gen, list(range(len(gen))) if per_layer else None)
+    return Subject(module, spec, weights, plan, tuple(groups))
 
 
 def preparation_error(depth: int, subject: Subject, x) -> float:
@@ -242,29 +255,64 @@ def load_data(config) -> dict:
     once with a fixed seed (the files are ordered by class), the same for every run."""
     data = classify.load_data(config.data, config.seed)
     for split, key in (("train", "train_size"), ("test", "test_size")):
-        n = config.data.get(key, 0)
-        if n:
-            idx = np.sort(np.random.default_rng(1234).permutation(len(data[split][0]))[:n])
-            data[split] = tuple(a[idx] for a in data[split])
+        idx = images.subset(len(data[split][0]), config.data.get(key, 0))
+        data[split] = tuple(a[idx] for a in data[split])
     return data
 
 
 @functools.lru_cache(maxsize=8)
-def _predict(module):
+def _predict(module, start: int | None = None):
     """Jitted class prediction of `module` (compiled once per module and batch shape)."""
-    return jax.jit(lambda v, xb: jnp.argmax(module.apply(v, xb), -1))
+    return jax.jit(lambda v, xb: jnp.argmax(module.apply(v, xb, start=start), -1))
 
 
-def accuracy(module, spec: NetSpec, weights, x, y, batch_size: int = 500) -> float:
-    """Test accuracy of `module` with canonical `weights`."""
+def accuracy(
+    module, spec: NetSpec, weights, x, y, batch_size: int = 500, start: int | None = None
+) -> float:
+    """Test accuracy of `module` with canonical `weights` (`x`: images, or with `start` the
+    activations entering that residual block, see `cache_prefix`)."""
     variables = convert.canonical_to_flax(spec, weights)
-    apply = _predict(module)
+    apply = _predict(module, start)
     correct = 0
     for i in range(0, len(x), batch_size):
         correct += int(
             np.sum(np.asarray(apply(variables, x[i : i + batch_size])) == y[i : i + batch_size])
         )
     return correct / len(x)
+
+
+def frozen_blocks(subject: Subject) -> int | None:
+    """The number of residual blocks before the first generated layer (None when a layer
+    outside the blocks, e.g. the stem, is generated): their output depends on the image
+    alone."""
+    n = (subject.module.depth - 2) // 6
+    first = []
+    for i in subject.plan.layers:
+        m = _BLOCK_INDEX.match(subject.spec.layers[i].name)
+        if m is None:
+            return None
+        first.append((int(m.group(1)) - 1) * n + int(m.group(2)))
+    return min(first)
+
+
+def cache_prefix(subject: Subject, data: dict, batch_size: int = 500) -> tuple[Subject, dict]:
+    """Run the frozen blocks (`frozen_blocks`) once over every split: returns the subject
+    with `start` set and the data with images replaced by the activations entering the
+    first generated block (exact: nothing before it is trained, and no augmentation is
+    used). A NeuMeta step then runs only the generated block and the head: for ResNet20's
+    last block about 1/9 of the network's convolutions."""
+    k = frozen_blocks(subject)
+    if not k:  # the stem alone is not worth caching
+        return subject, data
+    variables = convert.canonical_to_flax(subject.spec, subject.weights)
+    run = jax.jit(lambda v, xb: subject.module.apply(v, xb, stop=k))
+    out = {}
+    for split, (x, y) in data.items():
+        feats = [
+            np.asarray(run(variables, x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+        ]
+        out[split] = (np.concatenate(feats) if feats else x[:0], y)
+    return dataclasses.replace(subject, start=k), out
 
 
 # ----------------------------------------------------------------------------- NeuMeta
@@ -297,7 +345,7 @@ def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) 
 
     def init(key):
         pkey, skey = jax.random.split(key)
-        params = inr.init(pkey, jnp.zeros((1, 6)))["params"]
+        params = hyper.init_params(inr, pkey, plan)
         return loop.new_state(params, tx.init(params), skey, model_state={"ema": params})
 
     warmup = config.train.get("recon_steps", 0)
@@ -305,7 +353,7 @@ def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) 
     def train_step(state, batch, key):
         k_size, k_noise = jax.random.split(key)
         sizes, is_full = sample_sizes(k_size)
-        warm = state.step < warmup  # reconstruction only, at full width, no network run
+        warm = state.step < warmup  # reconstruction only, at full width
         sizes = jnp.where(warm, full, sizes)
         is_full = is_full | warm
         shape = hyper.shape_for(plan, sizes)
@@ -315,16 +363,11 @@ def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) 
             recon = jnp.where(is_full, recon_loss(gen, targets), 0.0)
             l2 = sum(jnp.sqrt(jnp.sum(a[r] ** 2)) for a in gen for r in a)
 
-            def task_loss(gen):
-                variables = convert.canonical_to_flax(spec, insert(subject, gen))
-                logits = module.apply(variables, batch["x"])
-                ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-                return ce, logits
-
-            def skip(gen):
-                return jnp.zeros(()), jnp.zeros((batch["x"].shape[0], module.num_classes))
-
-            ce, logits = jax.lax.cond(warm, skip, task_loss, gen)
+            # the network runs in warm-up steps too (its CE is then ignored): a conv inside
+            # lax.cond runs ~7x slower on XLA:CPU (as inside scan, jax issue 12868)
+            variables = convert.canonical_to_flax(spec, insert(subject, gen))
+            logits = module.apply(variables, batch["x"], start=subject.start)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
             loss = jnp.where(warm, c.recon * recon, c.ce * ce + c.recon * recon + c.l2 * l2)
             return loss, (logits, ce, recon, l2)
 
@@ -380,13 +423,15 @@ def evaluate_neumeta(subject: Subject, inr, params, test, config) -> dict:
             subject, inr, params, c, key, config.eval.k_samples, config.noise, config.inr.norm
         )
         out[f"acc_c{round(100 * c)}"] = accuracy(
-            subject.module, subject.spec, insert(subject, gen), x, y
+            subject.module, subject.spec, insert(subject, gen), x, y, start=subject.start
         )
     gen, _ = generate_at(subject, inr, params, 0.0, key, 1, 0.0, config.inr.norm)
     targets = tuple(subject.weights[i] for i in subject.plan.layers)
     out["recon_rel_error"] = relative_error(gen, targets)
     out["recon_loss"] = float(recon_loss(gen, targets))
-    out["acc_full_noiseless"] = accuracy(subject.module, subject.spec, insert(subject, gen), x, y)
+    out["acc_full_noiseless"] = accuracy(
+        subject.module, subject.spec, insert(subject, gen), x, y, start=subject.start
+    )
     return out
 
 
@@ -847,11 +892,20 @@ def run(config, workdir) -> dict:
         config = htty_config(config)
         subject = prepare_htty(config.model)
     else:
+        m = config.model
         subject = prepare(
-            config.model.depth, config.model.generate, config.model.hidden, config.model.smooth
+            m.depth, m.generate, m.hidden, m.smooth, config.inr.get("per_layer", False)
         )
     data = load_data(config)
     results: dict = {"mode": config.mode, "depth": config.model.depth}
+    results["fold_smooth_max_abs_diff"] = preparation_error(
+        config.model.depth, subject, data["test"][0][:100]
+    )
+    if config.mode == "neumeta" and config.get("cache_prefix", True):
+        t = time.perf_counter()
+        subject, data = cache_prefix(subject, data)
+        results["cached_blocks"] = subject.start
+        results["cache_s"] = time.perf_counter() - t
     if config.mode == "sliced":
         results |= sliced(subject, data["test"], config)
     elif config.mode == "individual":
@@ -880,10 +934,7 @@ def run(config, workdir) -> dict:
         results |= final
         results["inr_params"] = hyper.num_params(state.params)
     results["pretrained_acc"] = accuracy(
-        subject.module, subject.spec, subject.weights, *data["test"]
-    )
-    results["fold_smooth_max_abs_diff"] = preparation_error(
-        config.model.depth, subject, data["test"][0][:100]
+        subject.module, subject.spec, subject.weights, *data["test"], start=subject.start
     )
     results["generated_params_full"] = subject.plan.num_generated
     results["wall_s"] = time.perf_counter() - t0

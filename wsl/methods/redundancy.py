@@ -770,8 +770,9 @@ def run(config, workdir) -> dict:
     key = jax.random.key(config.seed)
     pick = np.asarray(jax.random.permutation(key, len(data.train_x))[: config.num_samples])
     x_fit = images.preprocess(data.train_x[pick], scheme)
-    n_test = min(config.eval_size, len(data.test_x)) if config.eval_size else len(data.test_x)
-    x_test, y_test = images.preprocess(data.test_x[:n_test], scheme), data.test_y[:n_test]
+    test = images.subset(len(data.test_x), config.eval_size)  # a fixed random subset
+    n_test = len(test)
+    x_test, y_test = images.preprocess(data.test_x[test], scheme), data.test_y[test]
     blocks = find_blocks(module, variables, x_fit)
 
     t0 = time.perf_counter()

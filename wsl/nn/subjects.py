@@ -190,7 +190,13 @@ class ResNet(nn.Module):
     """CIFAR ResNet (akamaster/pytorch_resnet_cifar10): depth = 6n + 2, stages of
     `widths` channels (default 16/32/64), option-A shortcuts, global average pool,
     Dense(num_classes) named `linear`. Width multipliers: pass other `widths`.
-    `norm=False` builds the BatchNorm-folded form: convs with biases, no BatchNorm."""
+    `norm=False` builds the BatchNorm-folded form: convs with biases, no BatchNorm.
+
+    Split runs (static ints, residual blocks numbered 0 .. 3n - 1 in order): `stop=k`
+    returns the activation entering block k (the stem's output when k = 0); `start=k`
+    takes that activation as `x` and runs the rest (default None: `x` is the image).
+    `apply(v, apply(v, x, stop=k), start=k)` equals `apply(v, x)`: a frozen prefix can be
+    computed once (`wsl.methods.metamorph.cache_prefix`)."""
 
     depth: int = 20
     widths: Sequence[int] = (16, 32, 64)
@@ -198,18 +204,30 @@ class ResNet(nn.Module):
     norm: bool = True
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, start: int | None = None, stop: int | None = None):
         if (self.depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n + 2 (20, 32, 44, 56, ...), got {self.depth}")
         n = (self.depth - 2) // 6
-        x = nn.Conv(
-            self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=not self.norm, name="conv1"
-        )(x)
-        x = nn.relu(_bn(self.norm, train, "bn1")(x))
+        first = 0 if start is None else start
+        if not 0 <= first <= (stop if stop is not None else 3 * n) <= 3 * n:
+            raise ValueError(f"need 0 <= start <= stop <= {3 * n} blocks, got {start}, {stop}")
+        if start is None:
+            x = nn.Conv(
+                self.widths[0],
+                (3, 3),
+                padding=((1, 1), (1, 1)),
+                use_bias=not self.norm,
+                name="conv1",
+            )(x)
+            x = nn.relu(_bn(self.norm, train, "bn1")(x))
         for s, planes in enumerate(self.widths):
             for b in range(n):
+                if not first <= s * n + b < (3 * n if stop is None else stop):
+                    continue
                 stride = 2 if (s > 0 and b == 0) else 1
                 x = BasicBlock(planes, stride, self.norm, name=f"layer{s + 1}_{b}")(x, train)
+        if stop is not None:
+            return x
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="linear")(x)
 
