@@ -354,13 +354,18 @@ def run_seed(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> dict:
     return {"value": value, "wall_s": wall, "error": error}
 
 
-def reproduce(name: str, variant: str, runs_dir, results_dir, argv=None) -> dict:
-    """Run table `name` and write results_dir/NAME.{json,md,png}; returns the JSON record."""
+def reproduce(name: str, variant: str, runs_dir, results_dir, argv=None, datasets=None) -> dict:
+    """Run table `name` and write results_dir/NAME.{json,md,png}; returns the JSON record.
+    `datasets`: only the rows of these datasets (e.g. the ones whose zoo exists)."""
     import numpy as np
 
     table = TABLES[name]
+    runs = [r for r in table.runs if datasets is None or r.dataset in datasets]
+    if not runs:
+        known = sorted({r.dataset for r in table.runs})
+        raise RuntimeError(f"no rows of datasets {sorted(datasets)}; table {name} has {known}")
     rows, errors, walls = [], [], {}
-    for run in table.runs:
+    for run in runs:
         values = []
         for seed in run.seeds:
             folder = run.folder or f"{name}/{slug(run)}"
@@ -532,6 +537,12 @@ def main(argv=None) -> int:
         help="smoke: minutes on a CPU; cpu: the full table on a CPU (where a config has "
         "it, e.g. the weight-space tables on our zoos); paper: published sizes, for GPUs",
     )
+    parser.add_argument(
+        "--datasets",
+        default="",
+        help="comma-separated: only these datasets' rows (e.g. MNIST while the Fashion-MNIST "
+        "zoo is being generated); default all",
+    )
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
@@ -551,6 +562,7 @@ def main(argv=None) -> int:
                 args.runs_dir,
                 args.results_dir,
                 sys.argv[1:] if argv is None else argv,
+                datasets=set(args.datasets.split(",")) if args.datasets else None,
             )
             for row in record["rows"]:
                 print(

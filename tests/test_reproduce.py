@@ -31,12 +31,16 @@ def test_table_runs_collects_and_writes_results(tmp_path, reproduce):
                 overrides=("train.num_steps=1500", "train.eval_every=0"),
                 seeds=(0, 1),
             ),
+            # left out by --datasets below (it would fail: no such config)
+            reproduce.Run("SmallCNN", "elsewhere", "experiments/missing.py", "test_accuracy"),
         ),
         paper=(reproduce.Paper("SmallCNN", "digits", "test_accuracy", 0.9),),
     )
     args = [
         "--table",
         "tiny",
+        "--datasets",
+        "digits",
         "--runs_dir",
         str(tmp_path / "runs"),
         "--results_dir",
@@ -90,6 +94,8 @@ def test_table_runs_collects_and_writes_results(tmp_path, reproduce):
 def test_unknown_table(reproduce, capsys):
     assert reproduce.main(["--table", "nope"]) == 2
     assert "unknown table 'nope'; choose one of" in capsys.readouterr().err
+    assert reproduce.main(["--table", "redundancy", "--datasets", "SVHN"]) == 1
+    assert "no rows of datasets ['SVHN']; table redundancy has" in capsys.readouterr().err
 
 
 def test_classify_mnist_is_registered(reproduce):
