@@ -379,6 +379,31 @@ def probe_activations(
 # --------------------------------------------------------------------------------------
 
 
+
+def embed_graph(encoder: nn.Module, batch, d_node: int, d_edge: int):
+    """The shared start of the neural-graph encoders (NGGNN, NGT): check the batch against
+    `encoder`'s size limits, then its `GraphInput` (submodule "input", built from the
+    encoder's max_* / fourier_* / probe fields). Call inside the encoder's compact method;
+    returns (graph, graph_mask, node features, edge features)."""
+    graph, graph_mask = batch["graph"], batch["graph_mask"]
+    m = encoder
+    check_limits(graph, graph_mask, m.max_inputs, m.max_hidden_layers, m.max_outputs)
+    x, e = GraphInput(
+        d_node,
+        d_edge,
+        m.max_inputs,
+        m.max_hidden_layers,
+        m.max_outputs,
+        m.fourier_dim,
+        m.fourier_sigma,
+        m.fourier_seed,
+        m.num_probes,
+        m.probe_act,
+        m.probe_omega,
+        name="input",
+    )(graph)
+    return graph, graph_mask, x, e
+
 class Readout(nn.Module):
     """Pool output-neuron (and all-neuron) features per graph, then an MLP."""
 
@@ -506,22 +531,7 @@ class NGGNN(nn.Module):
 
     @nn.compact
     def __call__(self, batch, train: bool = False):
-        graph, graph_mask = batch["graph"], batch["graph_mask"]
-        check_limits(graph, graph_mask, self.max_inputs, self.max_hidden_layers, self.max_outputs)
-        x, e = GraphInput(
-            self.hidden,
-            self.hidden,
-            self.max_inputs,
-            self.max_hidden_layers,
-            self.max_outputs,
-            self.fourier_dim,
-            self.fourier_sigma,
-            self.fourier_seed,
-            self.num_probes,
-            self.probe_act,
-            self.probe_omega,
-            name="input",
-        )(graph)
+        graph, graph_mask, x, e = embed_graph(self, batch, self.hidden, self.hidden)
         s, r, n = graph.senders, graph.receivers, x.shape[0]
         count = jnp.maximum(jraph.segment_sum(jnp.ones_like(r, jnp.float32), r, n), 1.0)[:, None]
         log_deg = jnp.log(count + 1.0)

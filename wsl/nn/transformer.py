@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from wsl.nn.gnn import GraphInput, Readout, check_limits
+from wsl.nn.gnn import Readout, embed_graph
 
 _xavier = nn.initializers.xavier_uniform()
 
@@ -127,22 +127,7 @@ class NGT(nn.Module):
 
     @nn.compact
     def __call__(self, batch, train: bool = False):
-        graph, graph_mask = batch["graph"], batch["graph_mask"]
-        check_limits(graph, graph_mask, self.max_inputs, self.max_hidden_layers, self.max_outputs)
-        x, e = GraphInput(
-            self.d_node,
-            self.d_edge,
-            self.max_inputs,
-            self.max_hidden_layers,
-            self.max_outputs,
-            self.fourier_dim,
-            self.fourier_sigma,
-            self.fourier_seed,
-            self.num_probes,
-            self.probe_act,
-            self.probe_omega,
-            name="input",
-        )(graph)
+        graph, graph_mask, x, e = embed_graph(self, batch, self.d_node, self.d_edge)
         s, r = graph.senders, graph.receivers
         e = e.dense()  # (E, d_edge)
         rev_index, rev_exists = reverse_edge_index(s, r)
