@@ -7,12 +7,8 @@ after a kill to continue. When all shards exist: weights.npy, index.npz (label, 
 image_index, psnr), layout.csv, config.json.
 """
 
-import os
-import pathlib
 import sys
-import time
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -28,41 +24,19 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     del argv
-    cfg, out = _CONFIG.value, pathlib.Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # workers and reruns share compiles
-        jax.config.update("jax_compilation_cache_dir", str((out / ".jax_cache").absolute()))
-    if _WORKER_INDEX.value is not None:
-        inr.generate_inr_set(cfg, out, worker=_WORKER_INDEX.value, num_workers=_NUM_WORKERS.value)
-        return
-    t0 = time.time()
-    workers = _WORKERS.value or cfg.get("workers", 1)
-    if workers > 1:
-        args = [
-            a
-            for a in sys.argv
-            if not a.startswith(("--workers", "--worker_index", "--num_workers"))
-        ]
-        zoo.spawn_workers(args, workers, log_dir=out)
-        done = inr.generate_inr_set(cfg, out)
-    else:
-        done = inr.generate_inr_set(cfg, out)
-    if not done:
-        sys.exit("some shards are missing; rerun to continue")
-    wall = time.time() - t0
-    prev = out / "wall_seconds.txt"
-    total = wall + (float(prev.read_text()) if prev.exists() else 0.0)
-    prev.write_text(f"{total:.1f}")
-    stats = inr.assemble_inr_set(
+    cfg = _CONFIG.value
+    stats = zoo.run_generation(
+        inr.generate_inr_set,
+        inr.assemble_inr_set,
         cfg,
-        out,
-        extra={
-            "command": " ".join(["python", *sys.argv]),
-            "wall_seconds_total": total,
-            "machine": f"{os.cpu_count()} CPUs",
-        },
+        _OUT.value,
+        sys.argv,
+        workers=_WORKERS.value or cfg.get("workers", 1),
+        worker_index=_WORKER_INDEX.value,
+        num_workers=_NUM_WORKERS.value,
     )
-    print(f"INR set written to {out}: {stats}")
+    if stats is not None:
+        print(f"INR set written to {_OUT.value}: {stats}")
 
 
 if __name__ == "__main__":

@@ -1636,3 +1636,47 @@ def spawn_workers(argv: Sequence[str], num_workers: int, log_dir=None) -> None:
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"worker exit codes {codes}; see the worker logs")
+
+
+def run_generation(
+    generate: Callable,
+    assemble: Callable,
+    cfg,
+    out,
+    argv: Sequence[str],
+    workers: int = 1,
+    worker_index: int | None = None,
+    num_workers: int = 1,
+):
+    """The driver of scripts/make_zoo.py and scripts/fit_inrs.py: `generate(cfg, out,
+    worker=, num_workers=)` writes shards (resumable) and returns whether all exist;
+    `assemble(cfg, out, extra=)` joins them. As a worker child (`worker_index` given) only
+    generate; else spawn `workers` children running `argv` (the script's command line),
+    check the shards, add this run's wall time to out/wall_seconds.txt and assemble.
+    Returns assemble's summary (None in a child); exits with a message if shards are
+    missing."""
+    import sys
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # workers and reruns share compiles
+        jax.config.update("jax_compilation_cache_dir", str((out / ".jax_cache").absolute()))
+    if worker_index is not None:
+        generate(cfg, out, worker=worker_index, num_workers=num_workers)
+        return None
+    t0 = time.time()
+    if workers > 1:
+        internal = ("--workers", "--worker_index", "--num_workers")
+        spawn_workers([a for a in argv if not a.startswith(internal)], workers, log_dir=out)
+    done = generate(cfg, out, worker=0, num_workers=1)  # after workers: checks the shards
+    if not done:
+        sys.exit("some shards are missing; rerun to continue")
+    prev = out / "wall_seconds.txt"
+    total = time.time() - t0 + (float(prev.read_text()) if prev.exists() else 0.0)
+    prev.write_text(f"{total:.1f}")
+    extra = {
+        "command": " ".join(["python", *argv]),
+        "wall_seconds_total": total,
+        "machine": f"{os.cpu_count()} CPUs",
+    }
+    return assemble(cfg, out, extra=extra)

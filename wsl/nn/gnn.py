@@ -379,7 +379,6 @@ def probe_activations(
 # --------------------------------------------------------------------------------------
 
 
-
 def embed_graph(encoder: nn.Module, batch, d_node: int, d_edge: int):
     """The shared start of the neural-graph encoders (NGGNN, NGT): check the batch against
     `encoder`'s size limits, then its `GraphInput` (submodule "input", built from the
@@ -403,6 +402,7 @@ def embed_graph(encoder: nn.Module, batch, d_node: int, d_edge: int):
         name="input",
     )(graph)
     return graph, graph_mask, x, e
+
 
 class Readout(nn.Module):
     """Pool output-neuron (and all-neuron) features per graph, then an MLP."""
