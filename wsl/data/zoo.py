@@ -1111,7 +1111,14 @@ def assemble_cnn_zoo(cfg: Mapping, out, extra: Mapping | None = None) -> dict:
     cin = 1  # the Unterthiner preprocessing is greyscale
     layout = keras_layout(cfg.get("num_layers", 3), cin, cfg.get("features", 16))
     _atomic_write(out / "layout.csv", layout_csv(layout).encode())
-    final = np.asarray([r[-5] for r in rows if r[len(CONFIG_COLUMNS) + 2] == rec[-1]])
+    final = [r[-5] for r in rows if r[len(CONFIG_COLUMNS) + 2] == rec[-1]]
+    return _write_zoo_config(out, cfg, final, extra)
+
+
+def _write_zoo_config(out: pathlib.Path, cfg, final_test_accuracy, extra) -> dict:
+    """config.json (the config, the spread of last-epoch test accuracy, `extra`); returns
+    the spread."""
+    final = np.asarray(final_test_accuracy)
     spread = {
         "test_accuracy_min": float(final.min()),
         "median": float(np.median(final)),
@@ -1505,16 +1512,8 @@ def assemble_hetero_zoo(cfg: Mapping, out, extra: Mapping | None = None) -> dict
     _atomic_save_npy(out / "offsets.npy", np.asarray(offsets, np.int64))
     write_csv_gz(out / "metrics.csv.gz", ["", *HETERO_COLUMNS, "modeldir", "step", *METRICS], rows)
     last = max(cfg["record_epochs"])
-    final = np.asarray([r[-4] for r in rows if r[len(HETERO_COLUMNS) + 2] == last])
-    spread = {
-        "test_accuracy_min": float(final.min()),
-        "median": float(np.median(final)),
-        "max": float(final.max()),
-        "n": int(len(final)),
-    }
-    meta = {"config": _jsonable(cfg), "test_accuracy_spread_last_epoch": spread, **(extra or {})}
-    _atomic_write(out / "config.json", json.dumps(meta, indent=1).encode())
-    return spread
+    final = [r[-4] for r in rows if r[len(HETERO_COLUMNS) + 2] == last]
+    return _write_zoo_config(out, cfg, final, extra)
 
 
 @dataclasses.dataclass
