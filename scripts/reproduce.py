@@ -281,13 +281,14 @@ TABLES["sne_ablation"] = Table(
 
 
 def commit() -> str:
-    """`git rev-parse HEAD` (+ "-dirty" with uncommitted changes), "unknown" outside git."""
+    """`git rev-parse HEAD` (+ "-dirty" with uncommitted changes outside results/, which
+    holds generated tables, not code), "unknown" outside git."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             cwd=ROOT,
             capture_output=True,
             text=True,
