@@ -9,14 +9,11 @@ with this config and prints a Kendall tau table.
         --config.encoder.name=NG-GNN --workdir=runs/quickstart/NG-GNN
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "ng_cnn", pathlib.Path(__file__).with_name("ng_cnn_generalization.py")
-)
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from wsl import configs
+
+_base = configs.load_module(pathlib.Path(__file__).with_name("ng_cnn_generalization.py"))
 
 
 def get_config(variant: str = "smoke"):

@@ -3,14 +3,11 @@
 python scripts/make_zoo.py --config=experiments/zoo_fashion_mnist.py:cpu --out=zoos/fashion_mnist
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "zoo_mnist", pathlib.Path(__file__).with_name("zoo_mnist.py")
-)
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from wsl import configs
+
+_base = configs.load_module(pathlib.Path(__file__).with_name("zoo_mnist.py"))
 
 
 def get_config(variant: str = "smoke"):

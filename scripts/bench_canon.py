@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import pathlib
 import resource
@@ -28,15 +27,14 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reproduce  # noqa: E402  (TABLES, run_seed, commit, machine, now)
 
+from wsl import configs  # noqa: E402
+
 ROOT = reproduce.ROOT
 KINDS = {"LC-GCNN": "equivariant", "LC-Opt": "optimized"}
 
 
 def load_config(path: str, variant: str, kind: str):
-    spec = importlib.util.spec_from_file_location("_canon_config", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    config = configs.load(ROOT / path, variant)
     config.canon.kind = kind
     return config
 

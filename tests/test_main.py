@@ -147,3 +147,21 @@ def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
     assert "model.kwargs.features: workdir has 8, this run has 32" in last
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
     assert (tmp_path / "config.json").read_text() == before
+
+
+def test_every_experiment_config_loads_in_each_variant():
+    """experiments/*.py through wsl.configs (configs that extend another load it the same
+    way): every declared variant builds, and a config with variants refuses an unknown one."""
+    from wsl import configs
+
+    paths = sorted((ROOT / "experiments").glob("*.py"))
+    assert len(paths) > 10
+    for path in paths:
+        module = configs.load_module(path)
+        for variant in getattr(module, "VARIANTS", ()):
+            assert configs.load(path, variant) is not None, (path.name, variant)
+        if getattr(module, "VARIANTS", ()):
+            with pytest.raises(ValueError, match="unknown variant"):
+                configs.load(path, "no-such-variant")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        configs.load_module(ROOT / "experiments" / "missing.py")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wsl import configs
 from wsl.methods import redundancy as R
 from wsl.nn.subjects import ResNet, ViT, option_a_shortcut
 
@@ -242,7 +243,7 @@ def test_pretrained_resnet20_run(tmp_path, monkeypatch):
     import ml_collections
 
     monkeypatch.setenv("WSL_DATA_DIR", str(DATA))
-    config = R._load_config(ROOT / "experiments" / "redundancy.py", "smoke")
+    config = configs.load(ROOT / "experiments" / "redundancy.py", "smoke")
     config.model, config.approx = "resnet20", "RBA"
     config.num_samples, config.eval_size, config.similarity_samples = 256, 500, 100
     config.fractions, config.target_fraction = (0.12,), 0.12

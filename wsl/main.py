@@ -11,7 +11,6 @@ line `error: ...` and exit non-zero: 2 for a bad command line, 1 for the rest.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import pkgutil
 import re
@@ -19,6 +18,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
+
+from wsl import configs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiments/NAME.py[:variant] (variants: smoke, paper)"
@@ -82,10 +83,7 @@ def _config_arg(argv: list[str]) -> str | None:
 def _unknown_key_message(argv: list[str]) -> str:
     keys = [m.group(1) for m in map(re.compile(r"--config\.([^=]+)").match, argv) if m]
     path, *variant = _config_arg(argv).split(":", 1)
-    spec = importlib.util.spec_from_file_location("_wsl_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(*variant)
+    config = configs.load(path, *variant)
     bad = [k for k in keys if not _has_key(config, k)] or keys
     return f"unknown config key {bad[0]!r}; valid keys: {', '.join(config_keys(config))}"
 

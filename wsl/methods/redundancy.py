@@ -65,6 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wsl import configs
+
 BLOCKS = r"layer\d+_\d+|block\d+"  # subjects.ResNet's and subjects.ViT's blocks
 HEAD = r"linear|head"  # their classifier heads
 APPROXIMATIONS = ("Original", "RBA", "RBA+head", "Random", "Identity", "Drop+head")
@@ -613,7 +615,7 @@ def load_model(config):
 
         vit_dir = pathlib.Path(config.vit.workdir)
         results = vit_dir / classify.RESULTS_FILE
-        vit_config = _load_config(config.vit.config, config.vit.variant)
+        vit_config = configs.load(config.vit.config, config.vit.variant)
         if not results.exists():
             classify.run(vit_config, vit_dir)
         _, state = checkpoint.load(vit_dir)
@@ -630,15 +632,6 @@ def load_model(config):
     from wsl.train.loop import UserError
 
     raise UserError(f"unknown config.model {name!r}; choose resnet20/32/44/56 or vit")
-
-
-def _load_config(path: str, variant: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_wsl_vit_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
 
 
 def replacement(
