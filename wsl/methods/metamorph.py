@@ -74,8 +74,8 @@ and BatchNorm replacement. Here (`make_htty_task`, settings in `config.htty`):
 
 Choices the paper leaves open to us (we could read its abstract; its code,
 TSommariva/HTTY_NeuMeta, was not available), made here and configurable where marked:
-    1. one INR per residual block (not one for the network), all of NeuMeta's shape;
-       padding every block's queries to the longest row costs 2.3x the INR work on ResNet56.
+    1. one INR per residual block (not one for the network), all of NeuMeta's shape; the
+       blocks with equally many queries run in one vmapped call (`hyper.apply`).
     2. order of the blocks: from the input (`model.order`, or output_first); all added
        blocks keep training (not only the newest); several blocks added in one phase all
        copy the same previous block; the optimiser moments and EMA are copied too.
