@@ -83,7 +83,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     )
     c.noise = 1.0
     # run the frozen blocks before the generated one once over the data and train on their
-    # outputs (exact; metamorph.cache_prefix): the smoke step is then ~9x cheaper
+    # outputs (exact; metamorph.cache_prefix): a step then runs 1 of ResNet20's 9 blocks
     c.cache_prefix = True
     c.loss = ml_collections.ConfigDict({"ce": 1.0, "recon": 1.0, "l2": 1e-4})
     c.widths = ml_collections.ConfigDict(

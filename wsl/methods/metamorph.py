@@ -255,8 +255,9 @@ def load_data(config) -> dict:
     once with a fixed seed (the files are ordered by class), the same for every run."""
     data = classify.load_data(config.data, config.seed)
     for split, key in (("train", "train_size"), ("test", "test_size")):
-        idx = images.subset(len(data[split][0]), config.data.get(key, 0))
-        data[split] = tuple(a[idx] for a in data[split])
+        if n := config.data.get(key, 0):  # (0: all, kept without a copy)
+            idx = images.subset(len(data[split][0]), n)
+            data[split] = tuple(a[idx] for a in data[split])
     return data
 
 

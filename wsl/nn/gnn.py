@@ -379,13 +379,12 @@ def probe_activations(
 # --------------------------------------------------------------------------------------
 
 
-def embed_graph(encoder: nn.Module, batch, d_node: int, d_edge: int):
+def embed_graph(m: nn.Module, batch, d_node: int, d_edge: int):
     """The shared start of the neural-graph encoders (NGGNN, NGT): check the batch against
-    `encoder`'s size limits, then its `GraphInput` (submodule "input", built from the
-    encoder's max_* / fourier_* / probe fields). Call inside the encoder's compact method;
-    returns (graph, graph_mask, node features, edge features)."""
+    encoder `m`'s size limits, then its `GraphInput` (submodule "input", built from `m`'s
+    max_* / fourier_* / probe fields). Call inside the encoder's compact method; returns
+    (graph, graph_mask, node features, edge features)."""
     graph, graph_mask = batch["graph"], batch["graph_mask"]
-    m = encoder
     check_limits(graph, graph_mask, m.max_inputs, m.max_hidden_layers, m.max_outputs)
     x, e = GraphInput(
         d_node,

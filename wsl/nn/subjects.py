@@ -208,8 +208,8 @@ class ResNet(nn.Module):
         if (self.depth - 2) % 6:
             raise ValueError(f"ResNet depth must be 6n + 2 (20, 32, 44, 56, ...), got {self.depth}")
         n = (self.depth - 2) // 6
-        first = 0 if start is None else start
-        if not 0 <= first <= (stop if stop is not None else 3 * n) <= 3 * n:
+        first, last = 0 if start is None else start, 3 * n if stop is None else stop
+        if not 0 <= first <= last <= 3 * n:
             raise ValueError(f"need 0 <= start <= stop <= {3 * n} blocks, got {start}, {stop}")
         if start is None:
             x = nn.Conv(
@@ -222,7 +222,7 @@ class ResNet(nn.Module):
             x = nn.relu(_bn(self.norm, train, "bn1")(x))
         for s, planes in enumerate(self.widths):
             for b in range(n):
-                if not first <= s * n + b < (3 * n if stop is None else stop):
+                if not first <= s * n + b < last:
                     continue
                 stride = 2 if (s > 0 and b == 0) else 1
                 x = BasicBlock(planes, stride, self.norm, name=f"layer{s + 1}_{b}")(x, train)
