@@ -1,12 +1,14 @@
-"""Write the README's table of reproduced paper tables from results/*.json.
+"""Write the README's generated blocks: the table of reproduced paper tables from
+results/*.json, and the table of generated zoos and INR sets from results/zoos.json.
 
-    python scripts/readme_table.py           # rewrites the block between the markers
+    python scripts/readme_table.py           # rewrites the blocks between the markers
     python scripts/readme_table.py --check   # exit 1 if README.md is not up to date
 
-Every number in that block comes from a results file written by `scripts/reproduce.py`
-(its command, commit, date and machine are in the linked .md); nothing is typed in. Per
-table: the headline metrics (`HEADLINES`), our mean over seeds per method and dataset, the
-paper's value where the table registers one.
+Every number in those blocks comes from a results file written by `scripts/reproduce.py`
+or `scripts/zoo_report.py` (command, commit, date and machine are in the linked .md);
+nothing is typed in. Per paper table: the headline metrics (`HEADLINES`), our mean over
+seeds per method and dataset, the paper's value where the table registers one. Per zoo:
+its size, the spread of the property later tables predict, and its wall time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
+ZOO_START, ZOO_END = "<!-- zoos-table:start -->", "<!-- zoos-table:end -->"
 
 # table -> metrics shown in the README (the rest stay in results/NAME.md)
 HEADLINES = {
@@ -80,6 +83,41 @@ def block(results_dir: pathlib.Path) -> str:
     return "\n".join([*lines, END])
 
 
+def zoo_block(results_dir: pathlib.Path) -> str:
+    """The zoos and INR sets of results/zoos.json: folder, size, property spread, wall
+    time (the recipes and commands are in the linked results/zoos.md)."""
+    lines = [
+        ZOO_START,
+        "| folder | networks | property (min / median / max) | wall time |",
+        "|---|---|---|---|",
+    ]
+    path = results_dir / "zoos.json"
+    record = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    for r in record["rows"]:
+        if r["kind"] == "inr":
+            prop = (f"PSNR {r['psnr_min']:.1f} / {r['psnr_median']:.1f} / "
+                    f"{r['psnr_max']:.1f} dB (mean {r['psnr_mean']:.1f})")  # fmt: skip
+        else:
+            prop = "test accuracy " + " / ".join(
+                f"{r[f'test_accuracy_{k}']:.3f}" for k in ("min", "median", "max")
+            )
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s'] / 60:.0f} min"
+        lines.append(f"| {r['folder']} | {r['n']:,} | {prop} | {wall} |")
+    if not record["rows"]:
+        lines.append("| none generated yet: `python scripts/zoo_report.py` | | | |")
+    return "\n".join([*lines, ZOO_END])
+
+
+def _replace(text: str, start: str, end: str, new: str) -> str | None:
+    """`text` with the block from `start` to `end` (markers included) replaced by `new`;
+    None when a marker is missing."""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + new + tail
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--readme", default=str(ROOT / "README.md"))
@@ -87,13 +125,13 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="only check that README is current")
     args = p.parse_args(argv)
     readme = pathlib.Path(args.readme)
-    text = readme.read_text()
-    if START not in text or END not in text:
-        print(f"error: {readme} lacks the markers {START} ... {END}", file=sys.stderr)
-        return 2
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = head + block(pathlib.Path(args.results_dir)) + tail
+    text = new = readme.read_text()
+    results = pathlib.Path(args.results_dir)
+    for start, end, make in ((START, END, block), (ZOO_START, ZOO_END, zoo_block)):
+        new = _replace(new, start, end, make(results))
+        if new is None:
+            print(f"error: {readme} lacks the markers {start} ... {end}", file=sys.stderr)
+            return 2
     if args.check:
         if new != text:
             print(f"{readme} is out of date: run python scripts/readme_table.py", file=sys.stderr)

@@ -30,11 +30,25 @@ def test_block_reads_results_and_paper_values(tmp_path):
     assert line.endswith("| MNIST, test_accuracy | NG-GNN 0.500 | NG-GNN 0.914 |")
     assert "test_loss" not in text and "Fashion" not in text  # not a headline / not run
     assert "| canon_mnist | `python scripts/reproduce.py --table canon_mnist` | not run" in text
+    zoos = {
+        "rows": [
+            {"folder": "zoos/mnist", "kind": "small_cnn", "n": 2000, "wall_s": 600.0,
+             "test_accuracy_min": 0.1, "test_accuracy_median": 0.5, "test_accuracy_max": 0.9},
+            {"folder": "inrs/mnist", "kind": "inr", "n": 10, "wall_s": None, "psnr_min": 30.0,
+             "psnr_median": 40.0, "psnr_max": 50.0, "psnr_mean": 41.0},
+        ]
+    }  # fmt: skip
+    (tmp_path / "zoos.json").write_text(json.dumps(zoos))
+    ztext = rt.zoo_block(tmp_path)
+    assert "| zoos/mnist | 2,000 | test accuracy 0.100 / 0.500 / 0.900 | 10 min |" in ztext
+    assert "| inrs/mnist | 10 | PSNR 30.0 / 40.0 / 50.0 dB (mean 41.0) | - |" in ztext
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{rt.START}\nold\n{rt.END}\nrest\n")
+    readme.write_text(f"intro\n{rt.START}\nold\n{rt.END}\nmid\n{rt.ZOO_START}\n{rt.ZOO_END}\n")
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path), "--check"]) == 1
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 0
-    assert readme.read_text() == f"intro\n{text}\nrest\n"
+    assert readme.read_text() == f"intro\n{text}\nmid\n{ztext}\n"
+    readme.write_text(f"{rt.START}\n{rt.END}\n")  # no zoo markers: one clear error
+    assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 2
 
 
 def test_readme_is_current():
