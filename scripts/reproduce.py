@@ -84,6 +84,8 @@ TABLES: dict[str, Table] = {
 
 # Redundant blocks (issue #8): one run per model x approximation; the curves, the per-k
 # table and the similarity heat maps land in results/redundancy_{curves,similarity_*}.*.
+# RBA runs also report how non-linear the blocks are (redundancy.nonlinearity): the
+# smallest share over all blocks, and the mean over the replaced ones.
 TABLES["redundancy"] = Table(
     title="Redundant blocks (Cannistraci et al. 2024): test accuracy with k = ceil(0.2 x "
     "blocks) replaced (ResNet56 6/27, ResNet20 2/9, ViT 2/6), no fine-tuning; pretrained "
@@ -104,6 +106,7 @@ TABLES["redundancy"] = Table(
         )
         for approx in ("Original", "RBA", "RBA+head", "Random", "Identity", "Drop+head")
         for metric in ("test_accuracy", "accuracy_drop", "params_removed_frac")
+        + (("nonlinearity_min", "nonlinearity_replaced") if approx == "RBA" else ())
     ),
 )
 

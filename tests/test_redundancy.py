@@ -143,6 +143,18 @@ def test_exact_linear_block_recovered(toy):
     np.testing.assert_allclose(logits, cap.logits, atol=1e-5)
 
 
+def test_nonlinearity_zero_for_a_linear_block(toy):
+    """The exactly linear block1 has no non-linear share on held-out samples; the ReLU
+    residual blocks have some (and less than the identity's, which is 1)."""
+    model, variables, x = toy
+    blocks = R.find_blocks(model, variables, x)
+    fit = R.capture(model, variables, x[:200], blocks).reps
+    held = R.capture(model, variables, x[200:], blocks).reps
+    nl = R.nonlinearity(fit, held)
+    assert nl.shape == (4,) and nl[1] < 1e-8
+    assert np.all(nl[[0, 2, 3]] > 1e-3) and np.all(nl[[0, 2, 3]] < 1.0)
+
+
 def test_parameter_accounting_is_exact(resnet8):
     model, variables, x = resnet8
     blocks = R.find_blocks(model, variables, x)
@@ -256,3 +268,5 @@ def test_pretrained_resnet20_run(tmp_path, monkeypatch):
     assert out["accuracy_drop"] < 0.2
     assert (tmp_path / "results" / "redundancy_similarity_resnet20.png").exists()
     assert out["params_removed"] > 0
+    assert len(out["nonlinearity"]) == 9
+    assert 0 < out["nonlinearity_min"] <= out["nonlinearity_replaced"] < 1

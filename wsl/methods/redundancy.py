@@ -45,6 +45,10 @@ then the classifier head re-fitted in closed form to the original network's logi
 fit samples), `Random` (spans of the same lengths at random places, fitted like RBA).
 `RBA+head` is RBA followed by the same closed-form head re-fit.
 
+Why RBA loses accuracy (`nonlinearity`, RBA runs): per block, the share of its residual
+branch h_b - adapt(h_{b-1}) that its best linear map misses on held-out (test) samples;
+results.json gives it per block, its minimum, and its mean over the replaced blocks.
+
 `run(config, workdir)` is the experiment behind results/redundancy.md (see
 experiments/redundancy.py).
 """
@@ -442,6 +446,25 @@ def block_redundancy(reps: Sequence[np.ndarray]) -> dict:
     return {"br": br, "mse": np.asarray(mse), "ranking": np.argsort(-br, kind="stable")}
 
 
+def nonlinearity(fit: Sequence[np.ndarray], held: Sequence[np.ndarray], mode: str = "shared"):
+    """Per block b, the share of its residual branch that no linear map captures, on
+    held-out samples: with T_b fitted (`fit_map`) from block b's input to its output on
+    the representations `fit` (`Capture.reps`) and evaluated on `held`,
+
+        E ||T_b(h_{b-1}) - h_b||^2 / E ||h_b - adapt(h_{b-1})||^2.
+
+    0: the block is linear (RBA replaces it exactly); 1: T does no better than the identity
+    (skipping the block). Explains how much accuracy a one-block RBA must lose."""
+    out = []
+    for b in range(len(fit) - 1):
+        m = fit_map(fit[b], fit[b + 1], mode)
+        x, y = np.asarray(held[b]), np.asarray(held[b + 1], np.float64)
+        err = np.asarray(apply_map(m, x, y.shape[1:]), np.float64) - y
+        branch = y - adapt(x.astype(np.float64), y.shape[1:])
+        out.append(float((err**2).sum() / max((branch**2).sum(), 1e-30)))
+    return np.asarray(out)
+
+
 def _unit_gram(a: np.ndarray) -> np.ndarray:
     """The Gram matrix of the centred features of a (N, ...), scaled to unit norm."""
     a = np.asarray(a, np.float32).reshape(len(a), -1)
@@ -831,6 +854,12 @@ def run(config, workdir) -> dict:
         **info,
     }
     if config.approx == "RBA":
+        held = capture(module, variables, x_test[: config.similarity_samples], blocks)
+        nl = nonlinearity(original.reps, held.reps, config.mode)
+        chosen = [blocks.names.index(n) for n in at["replaced"]]
+        results["nonlinearity"] = nl.tolist()
+        results["nonlinearity_min"] = float(nl.min())
+        results["nonlinearity_replaced"] = float(nl[chosen].mean()) if chosen else 0.0
         labels = ["input"] + list(blocks.names)
         sim = similarity([r[: config.similarity_samples] for r in original.reps])
         results["similarity"] = {k: v.tolist() for k, v in sim.items()}
