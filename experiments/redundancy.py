@@ -10,6 +10,8 @@ One run = one model x one approximation:
              Identity   the RBA spans replaced by the identity (option-A shortcut)
              Drop+head  the identity, then the classifier head re-fitted in closed form
              RBA+head   RBA, then the same closed-form head re-fit
+             RBA-fit    RBA with blocks ranked by how much their own linear map misses on
+                        the fit samples instead of by BR (ours; redundancy.linear_redundancy)
 for k = ceil(fraction x number of blocks) at each of `fractions`; results.json reports the
 curve and, at `target_fraction`, test_accuracy, accuracy_drop, blocks_replaced_frac,
 params_removed_frac.
@@ -35,7 +37,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.variant = variant  # recorded with the curves in results_dir/redundancy_curves.json
     c.seed = 0  # picks the fit samples (and the random spans)
     c.model = "resnet56"  # resnet20 | resnet32 | resnet44 | resnet56 | vit
-    c.approx = "RBA"  # Original | RBA | RBA+head | Random | Identity | Drop+head
+    c.approx = "RBA"  # Original | RBA | RBA+head | RBA-fit | Random | Identity | Drop+head
     c.mode = "shared"  # shared: one map for all positions/tokens; position: one per position
     c.ridge = 0.0  # > 0: ridge-regularised fit (relative to the mean eigenvalue of X'X)
     c.sequential = False  # True: fit each span on the inputs of the already-approximated net

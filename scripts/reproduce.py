@@ -104,7 +104,7 @@ TABLES["redundancy"] = Table(
             ("resnet20", "CIFAR10-ResNet20"),
             ("vit", "MNIST-ViT"),
         )
-        for approx in ("Original", "RBA", "RBA+head", "Random", "Identity", "Drop+head")
+        for approx in ("Original", "RBA", "RBA+head", "RBA-fit", "Random", "Identity", "Drop+head")
         for metric in ("test_accuracy", "accuracy_drop", "params_removed_frac")
         + (("nonlinearity_min", "nonlinearity_replaced") if approx == "RBA" else ())
     ),

@@ -153,6 +153,10 @@ def test_nonlinearity_zero_for_a_linear_block(toy):
     nl = R.nonlinearity(fit, held)
     assert nl.shape == (4,) and nl[1] < 1e-8
     assert np.all(nl[[0, 2, 3]] > 1e-3) and np.all(nl[[0, 2, 3]] < 1.0)
+    # RBA-fit's ranking: the linear block first (score 0), though BR need not rank it so
+    lin = R.linear_redundancy(fit)
+    assert abs(lin[1]) < 1e-8 and np.all(lin[[0, 2, 3]] < -1e-6)
+    assert R.select_spans(lin, 1) == ((1, 2),)
 
 
 def test_parameter_accounting_is_exact(resnet8):

@@ -43,7 +43,10 @@ channels C):
 Baselines: `Identity` (the spans return `adapt` of their input), `Drop+head` (the same,
 then the classifier head re-fitted in closed form to the original network's logits on the
 fit samples), `Random` (spans of the same lengths at random places, fitted like RBA).
-`RBA+head` is RBA followed by the same closed-form head re-fit.
+`RBA+head` is RBA followed by the same closed-form head re-fit. `RBA-fit` (ours, not the
+paper's) is RBA with the blocks ranked by `linear_redundancy` instead of BR: by how much of
+a block's output its own linear map misses on the fit samples, not by how far the output is
+from the input (a block may change its input little but non-linearly).
 
 Why RBA loses accuracy (`nonlinearity`, RBA runs): per block, the share of its residual
 branch h_b - adapt(h_{b-1}) that its best linear map misses on held-out (test) samples;
@@ -73,7 +76,7 @@ from wsl import configs
 
 BLOCKS = r"layer\d+_\d+|block\d+"  # subjects.ResNet's and subjects.ViT's blocks
 HEAD = r"linear|head"  # their classifier heads
-APPROXIMATIONS = ("Original", "RBA", "RBA+head", "Random", "Identity", "Drop+head")
+APPROXIMATIONS = ("Original", "RBA", "RBA+head", "RBA-fit", "Random", "Identity", "Drop+head")
 MODES = ("shared", "position")
 _GRAM_RCOND = 1e-9  # below this eigenvalue ratio of x'x, fit with the SVD instead
 
@@ -465,6 +468,20 @@ def nonlinearity(fit: Sequence[np.ndarray], held: Sequence[np.ndarray], mode: st
     return np.asarray(out)
 
 
+def linear_redundancy(reps: Sequence[np.ndarray], mode: str = "shared") -> np.ndarray:
+    """Per block b, how well its own linear map replaces it on the samples `reps`
+    (`Capture.reps`), on BR's scale: -E ||T_b(h_{b-1}) - h_b||^2 / E ||adapt(h_{b-1})||^2
+    (0: exactly linear; BR is the same with the identity in place of T_b). Ranks blocks
+    for `RBA-fit`."""
+    out = []
+    for b in range(len(reps) - 1):
+        x, y = reps[b], np.asarray(reps[b + 1], np.float64)
+        err = np.asarray(apply_map(fit_map(x, y, mode), x, y.shape[1:]), np.float64) - y
+        xa = adapt(np.asarray(x, np.float64), y.shape[1:])
+        out.append(-float((err**2).sum() / max((xa**2).sum(), 1e-30)))
+    return np.asarray(out)
+
+
 def _unit_gram(a: np.ndarray) -> np.ndarray:
     """The Gram matrix of the centred features of a (N, ...), scaled to unit norm."""
     a = np.asarray(a, np.float32).reshape(len(a), -1)
@@ -658,15 +675,16 @@ def load_model(config):
 
 
 def replacement(
-    approx: str, k: int, br, module, variables, x, blocks, original, config, key
+    approx: str, k: int, score, module, variables, x, blocks, original, config, key
 ) -> tuple[tuple, list, dict]:
-    """(spans, maps, variables) of approximation `approx` with k blocks replaced."""
+    """(spans, maps, variables) of approximation `approx` with the k blocks of highest
+    `score` (BR, or `linear_redundancy` for RBA-fit) replaced."""
     if approx == "Original" or k == 0:
         return (), [], variables
-    spans = select_spans(br, k)
+    spans = select_spans(score, k)
     if approx == "Random":
         spans = check_spans(blocks, random_spans(key, [b - a for a, b in spans], len(blocks)))
-    if approx in ("RBA", "RBA+head", "Random"):
+    if approx in ("RBA", "RBA+head", "RBA-fit", "Random"):
         maps = fit_spans(
             module, variables, x, blocks, spans, config.mode, config.ridge,
             config.sequential, original,
@@ -795,6 +813,9 @@ def run(config, workdir) -> dict:
     original = capture(module, variables, x_fit, blocks)
     t_capture = time.perf_counter() - t0
     red = block_redundancy(original.reps)
+    score = red["br"]
+    if config.approx == "RBA-fit":
+        score = linear_redundancy(original.reps, config.mode)
     base = accuracy(module, variables, x_test, y_test, blocks)
     ks = sorted({math.ceil(f * len(blocks) - 1e-9) for f in config.fractions})
     k_target = math.ceil(config.target_fraction * len(blocks) - 1e-9)
@@ -803,7 +824,7 @@ def run(config, workdir) -> dict:
     for k in ks if config.approx != "Original" else [0]:
         t0 = time.perf_counter()
         spans, maps, v = replacement(
-            config.approx, k, red["br"], module, variables, x_fit, blocks, original, config,
+            config.approx, k, score, module, variables, x_fit, blocks, original, config,
             jax.random.fold_in(key, k),
         )  # fmt: skip
         t_fit = time.perf_counter() - t0
