@@ -449,6 +449,13 @@ def block_redundancy(reps: Sequence[np.ndarray]) -> dict:
     return {"br": br, "mse": np.asarray(mse), "ranking": np.argsort(-br, kind="stable")}
 
 
+def _miss(m: Mapping, x, y) -> tuple[float, np.ndarray]:
+    """(sum ||T(x) - y||^2, adapt(x)) for map m applied to x, in float64."""
+    y = np.asarray(y, np.float64)
+    err = np.asarray(apply_map(m, x, y.shape[1:]), np.float64) - y
+    return float((err**2).sum()), adapt(np.asarray(x, np.float64), y.shape[1:])
+
+
 def nonlinearity(fit: Sequence[np.ndarray], held: Sequence[np.ndarray], mode: str = "shared"):
     """Per block b, the share of its residual branch that no linear map captures, on
     held-out samples: with T_b fitted (`fit_map`) from block b's input to its output on
@@ -460,11 +467,8 @@ def nonlinearity(fit: Sequence[np.ndarray], held: Sequence[np.ndarray], mode: st
     (skipping the block). Explains how much accuracy a one-block RBA must lose."""
     out = []
     for b in range(len(fit) - 1):
-        m = fit_map(fit[b], fit[b + 1], mode)
-        x, y = np.asarray(held[b]), np.asarray(held[b + 1], np.float64)
-        err = np.asarray(apply_map(m, x, y.shape[1:]), np.float64) - y
-        branch = y - adapt(x.astype(np.float64), y.shape[1:])
-        out.append(float((err**2).sum() / max((branch**2).sum(), 1e-30)))
+        miss, xa = _miss(fit_map(fit[b], fit[b + 1], mode), held[b], held[b + 1])
+        out.append(miss / max(float(((held[b + 1] - xa) ** 2).sum()), 1e-30))
     return np.asarray(out)
 
 
@@ -475,10 +479,8 @@ def linear_redundancy(reps: Sequence[np.ndarray], mode: str = "shared") -> np.nd
     for `RBA-fit`."""
     out = []
     for b in range(len(reps) - 1):
-        x, y = reps[b], np.asarray(reps[b + 1], np.float64)
-        err = np.asarray(apply_map(fit_map(x, y, mode), x, y.shape[1:]), np.float64) - y
-        xa = adapt(np.asarray(x, np.float64), y.shape[1:])
-        out.append(-float((err**2).sum() / max((xa**2).sum(), 1e-30)))
+        miss, xa = _miss(fit_map(reps[b], reps[b + 1], mode), reps[b], reps[b + 1])
+        out.append(-miss / max(float((xa**2).sum()), 1e-30))
     return np.asarray(out)
 
 
