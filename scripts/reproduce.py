@@ -224,11 +224,24 @@ TABLES["sne_cnn"] = Table(
 )
 TABLES["sne_inr"] = Table(
     title="SNE (Andreis et al. 2024): INR classification accuracy on our SIREN sets, beside "
-    "the neural-graph table's encoders (same runs)",
+    "the neural-graph table's encoders (same runs, trained with random hidden-neuron "
+    "permutations as augmentation, which SNE is not invariant to; SNE-noperm: without them)",
     runs=tuple(
         _predict_run(enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy")
         for ds, path in INRS
         for enc in ("SNE", *BASELINES, "NG-GNN")
+    )
+    + tuple(
+        _predict_run(
+            "SNE",
+            ds,
+            path,
+            "experiments/ng_inr_classification.py",
+            "test_accuracy",
+            ("augment.permute=False",),
+            "-noperm",
+        )  # fmt: skip
+        for ds, path in INRS
     ),
 )
 TABLES["sne_transfer"] = Table(
