@@ -1,5 +1,6 @@
 """Write the README's generated blocks: the table of reproduced paper tables from
-results/*.json, and the table of generated zoos and INR sets from results/zoos.json.
+results/*.json, the table of generated zoos and INR sets from results/zoos.json, and the
+benchmarks' speed-ups from results/bench_*.json.
 
     python scripts/readme_table.py           # rewrites the blocks between the markers
     python scripts/readme_table.py --check   # exit 1 if README.md is not up to date
@@ -21,6 +22,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 ZOO_START, ZOO_END = "<!-- zoos-table:start -->", "<!-- zoos-table:end -->"
+BENCH_START, BENCH_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 # table -> metrics shown in the README (the rest stay in results/NAME.md)
 HEADLINES = {
@@ -108,6 +110,36 @@ def zoo_block(results_dir: pathlib.Path) -> str:
     return "\n".join([*lines, ZOO_END])
 
 
+def _speedups(x, prefix: str = "") -> list[str]:
+    """A benchmark's `speedup` (a number, or nested dicts of numbers) as 'name 1.23x'."""
+    if isinstance(x, dict):
+        return [t for k, v in x.items() for t in _speedups(v, f"{prefix}{k} ")]
+    return [f"{prefix}{x:.2f}x"] if isinstance(x, (int, float)) else []
+
+
+def bench_block(results_dir: pathlib.Path) -> str:
+    """One row per results/bench_*.json: its command, speedup(s) over its baseline, the
+    baseline, commit (figures, memory and machine are in the linked JSON)."""
+    lines = [
+        BENCH_START,
+        "| benchmark | command | speedup | baseline | commit |",
+        "|---|---|---|---|---|",
+    ]
+    for path in sorted(results_dir.glob("bench_*.json")):
+        r = json.loads(path.read_text())
+        base = r.get("baseline")
+        if isinstance(base, dict):
+            base = base.get("what") or base.get("source") or ""
+        base = str(base or "")
+        base = base if len(base) <= 90 else base[:89].rstrip() + "…"
+        speed = ", ".join(_speedups(r.get("speedup"))) or "-"
+        lines.append(
+            f"| [{path.stem}](results/{path.name}) | `{r.get('command', '')}` | {speed} | "
+            f"{base} | `{str(r.get('commit', ''))[:7]}` |"
+        )
+    return "\n".join([*lines, BENCH_END])
+
+
 def _replace(text: str, start: str, end: str, new: str) -> str | None:
     """`text` with the block from `start` to `end` (markers included) replaced by `new`;
     None when a marker is missing."""
@@ -127,7 +159,9 @@ def main(argv=None) -> int:
     readme = pathlib.Path(args.readme)
     text = new = readme.read_text()
     results = pathlib.Path(args.results_dir)
-    for start, end, make in ((START, END, block), (ZOO_START, ZOO_END, zoo_block)):
+    blocks = ((START, END, block), (ZOO_START, ZOO_END, zoo_block),
+              (BENCH_START, BENCH_END, bench_block))  # fmt: skip
+    for start, end, make in blocks:
         new = _replace(new, start, end, make(results))
         if new is None:
             print(f"error: {readme} lacks the markers {start} ... {end}", file=sys.stderr)

@@ -42,12 +42,20 @@ def test_block_reads_results_and_paper_values(tmp_path):
     ztext = rt.zoo_block(tmp_path)
     assert "| zoos/mnist | 2,000 | test accuracy 0.100 / 0.500 / 0.900 | 10 min |" in ztext
     assert "| inrs/mnist | 10 | PSNR 30.0 / 40.0 / 50.0 dB (mean 41.0) | - |" in ztext
+    bench = {"command": "python scripts/bench_x.py", "commit": "abcdef123", "speedup": {
+        "a": 2.0, "b": {"c": 0.5}}, "baseline": {"what": "torch"}}  # fmt: skip
+    (tmp_path / "bench_x.json").write_text(json.dumps(bench))
+    btext = rt.bench_block(tmp_path)
+    assert "| `python scripts/bench_x.py` | a 2.00x, b c 0.50x | torch | `abcdef1` |" in btext
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{rt.START}\nold\n{rt.END}\nmid\n{rt.ZOO_START}\n{rt.ZOO_END}\n")
+    readme.write_text(
+        f"intro\n{rt.START}\nold\n{rt.END}\nmid\n{rt.ZOO_START}\n{rt.ZOO_END}\n"
+        f"{rt.BENCH_START}{rt.BENCH_END}\n"
+    )
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path), "--check"]) == 1
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 0
-    assert readme.read_text() == f"intro\n{text}\nmid\n{ztext}\n"
-    readme.write_text(f"{rt.START}\n{rt.END}\n")  # no zoo markers: one clear error
+    assert readme.read_text() == f"intro\n{text}\nmid\n{ztext}\n{btext}\n"
+    readme.write_text(f"{rt.START}\n{rt.END}\n")  # no zoo / bench markers: one clear error
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 2
 
 
