@@ -23,6 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 ZOO_START, ZOO_END = "<!-- zoos-table:start -->", "<!-- zoos-table:end -->"
 BENCH_START, BENCH_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+PRE_START, PRE_END = "<!-- pretrained-table:start -->", "<!-- pretrained-table:end -->"
 
 # table -> metrics shown in the README (the rest stay in results/NAME.md)
 HEADLINES = {
@@ -140,6 +141,31 @@ def bench_block(results_dir: pathlib.Path) -> str:
     return "\n".join([*lines, BENCH_END])
 
 
+def pretrained_block(results_dir: pathlib.Path) -> str:
+    """The pretrained ResNets' accuracy on our CIFAR-10 copy (results/pretrained_resnet.json,
+    written by scripts/eval_pretrained.py) beside the published figures."""
+    lines = [
+        PRE_START,
+        "| network | ours, CIFAR-10 JPEG test set | published, lossless test set |",
+        "|---|---|---|",
+    ]
+    path = results_dir / "pretrained_resnet.json"
+    if not path.exists():
+        return "\n".join([*lines, "| not run: `python scripts/eval_pretrained.py` | | |", PRE_END])
+    r = json.loads(path.read_text())
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['method']} | {row['ours']:.2f} % | {row['published_lossless']:.2f} % |"
+        )
+    m = r.get("machine", {})
+    lines += [
+        "",
+        f"Command: `{r['command']}` (commit `{r['commit'][:7]}`, {m.get('cpus', '?')} CPU(s), "
+        f"{r['wall_s']:.0f} s for all).",
+    ]
+    return "\n".join([*lines, PRE_END])
+
+
 def _replace(text: str, start: str, end: str, new: str) -> str | None:
     """`text` with the block from `start` to `end` (markers included) replaced by `new`;
     None when a marker is missing."""
@@ -160,7 +186,8 @@ def main(argv=None) -> int:
     text = new = readme.read_text()
     results = pathlib.Path(args.results_dir)
     blocks = ((START, END, block), (ZOO_START, ZOO_END, zoo_block),
-              (BENCH_START, BENCH_END, bench_block))  # fmt: skip
+              (BENCH_START, BENCH_END, bench_block),
+              (PRE_START, PRE_END, pretrained_block))  # fmt: skip
     for start, end, make in blocks:
         new = _replace(new, start, end, make(results))
         if new is None:

@@ -50,11 +50,13 @@ def test_block_reads_results_and_paper_values(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(
         f"intro\n{rt.START}\nold\n{rt.END}\nmid\n{rt.ZOO_START}\n{rt.ZOO_END}\n"
-        f"{rt.BENCH_START}{rt.BENCH_END}\n"
+        f"{rt.BENCH_START}{rt.BENCH_END}\n{rt.PRE_START}{rt.PRE_END}\n"
     )
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path), "--check"]) == 1
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 0
-    assert readme.read_text() == f"intro\n{text}\nmid\n{ztext}\n{btext}\n"
+    ptext = rt.pretrained_block(tmp_path)  # no results/pretrained_resnet.json here
+    assert "not run: `python scripts/eval_pretrained.py`" in ptext
+    assert readme.read_text() == f"intro\n{text}\nmid\n{ztext}\n{btext}\n{ptext}\n"
     readme.write_text(f"{rt.START}\n{rt.END}\n")  # no zoo / bench markers: one clear error
     assert rt.main(["--readme", str(readme), "--results_dir", str(tmp_path)]) == 2
 
