@@ -59,6 +59,8 @@ def test_attention_patterns_agree():
         return {
             "full": (st.masked_attention(q, k, v, seg, seg, block=4), full),
             "window": (st.masked_attention(q, k, v, seg, seg, block=4, window=9), full),
+            # blocks of 8 + 2 x 8 halo keys would read all 23: one unblocked pass instead
+            "window_wide": (st.masked_attention(q, k, v, seg, seg, block=8, window=9), full),
             "pool": (pooled, pooled_ref),
             "gather": (st.gather_attention(q, gk, gv, seg, block=5), gather_ref),
         }

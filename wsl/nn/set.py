@@ -89,18 +89,20 @@ def masked_attention(q, k, v, q_seg, k_seg, block: int | None = None, window: in
     2 window)) instead of O(N^2). If the segments do not fit, the output is NaN (loud,
     never silently wrong)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    halo = 0 if window is None else window - 1
-    kpad = jnp.pad(k, ((halo, halo), (0, 0), (0, 0)))
-    vpad = jnp.pad(v, ((halo, halo), (0, 0), (0, 0)))
-    spad = jnp.pad(k_seg, (halo, halo), constant_values=-1)
+    n, halo = k.shape[0], 0 if window is None else window - 1
+    if window is not None and block is not None and block + 2 * halo >= n:
+        block = None  # a block would read every key: one unblocked pass computes less
 
     def core(q, q_seg, start):
         kk, vv, ks = k, v, k_seg
         if window is not None and start is not None:
+            # keys [start - halo, start + block + halo) clipped to [0, n): a slice of
+            # `size` < n keys that covers them
             size = q.shape[0] + 2 * halo
-            kk = jax.lax.dynamic_slice_in_dim(kpad, start, size)
-            vv = jax.lax.dynamic_slice_in_dim(vpad, start, size)
-            ks = jax.lax.dynamic_slice_in_dim(spad, start, size)
+            lo = jnp.clip(start - halo, 0, n - size)
+            kk = jax.lax.dynamic_slice_in_dim(k, lo, size)
+            vv = jax.lax.dynamic_slice_in_dim(v, lo, size)
+            ks = jax.lax.dynamic_slice_in_dim(k_seg, lo, size)
         s = jnp.einsum("qhd,khd->hqk", q, kk) * scale
         m = (q_seg[:, None] == ks[None, :]) & (ks[None, :] >= 0)
         p = _softmax_apply(s, m[None], vv)
