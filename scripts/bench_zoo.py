@@ -64,16 +64,22 @@ def matmul_worker(repeats):
 
     a = jnp.ones((2048, 2048), jnp.float32)
     f = jax.jit(jnp.dot)
-    f(a, a).block_until_ready()
+    return _gflops(lambda: f(a, a), 2 * 2048**3, 10, repeats)
+
+
+def _gflops(call, flop: float, n: int, repeats: int):
+    """Warm `call` up, wait at the barrier, then per repeat time n calls: GFLOP/s by wall
+    clock and per CPU-second, for `flop` FLOPs per call."""
+    call().block_until_ready()
     _barrier()
     rates, cpu = [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
-        for _ in range(10):
-            out = f(a, a)
+        for _ in range(n):
+            out = call()
         out.block_until_ready()
-        rates.append(2 * 2048**3 * 10 / (time.perf_counter() - t) / 1e9)
-        cpu.append(2 * 2048**3 * 10 / (time.process_time() - c) / 1e9)
+        rates.append(flop * n / (time.perf_counter() - t) / 1e9)
+        cpu.append(flop * n / (time.process_time() - c) / 1e9)
     return rates, cpu
 
 
@@ -110,18 +116,7 @@ def shapes_worker(kind, repeats, quick):
         return total
 
     flop = sum(2 * 3 * m * i * o for m, i, o in SHAPES[kind]) * k
-    products(xs, ws).block_until_ready()
-    n = 5 if quick else 200
-    _barrier()
-    rates, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        for _ in range(n):
-            out = products(xs, ws)
-        out.block_until_ready()
-        rates.append(flop * n / (time.perf_counter() - t) / 1e9)
-        cpu.append(flop * n / (time.process_time() - c) / 1e9)
-    return rates, cpu
+    return _gflops(lambda: products(xs, ws), flop, 5 if quick else 200, repeats)
 
 
 def zoo_worker(formulation, conv, repeats, quick):

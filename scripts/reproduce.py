@@ -240,7 +240,7 @@ TABLES["sne_inr"] = Table(
             "test_accuracy",
             ("augment.permute=False",),
             "-noperm",
-        )  # fmt: skip
+        )
         for ds, path in INRS
     ),
 )
