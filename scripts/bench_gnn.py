@@ -170,6 +170,13 @@ def run_one(pair: str, batch_size: int, steps: int, repeats: int) -> dict:
         step_s.append(round(dt, 4))
         rates.append(round(batch_size / dt, 2))
     n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+    peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    work = {}  # after the peak: its own arrays are not the step's
+    if name == "NG-GNN":
+        work = edge_work(batch, model.hidden, model.num_layers)
+        median = sorted(step_s)[len(step_s) // 2]
+        work["edge_ops_share"] = round(work["edge_ops_s"] / median, 3)
+        work["edge_products_share"] = round(work["edge_products_s"] / median, 3)
     return {
         "pair": pair,
         "model": name,
@@ -184,8 +191,57 @@ def run_one(pair: str, batch_size: int, steps: int, repeats: int) -> dict:
         "warmup_s": round(warmup_s, 2),
         "final_loss": float(loss),
         "avg_log_degree": round(delta, 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_mb,
         **info,
+        **work,
+    }
+
+
+def edge_work(batch, d: int, num_layers: int, repeats: int = 5) -> dict:
+    """What bounds an NG-GNN step: its per-edge work timed alone at the batch's shapes
+    (forward + backward, jitted, best of `repeats`), for the `num_layers` layers:
+    - edge_ops_s: the gathers and scatters of a layer (node features gathered at senders
+      and receivers twice, segment sum of m and m^2, segment max and min of m);
+    - edge_products_s: a layer's edge products, (E, d) @ (d, 3d) (FiLM scale and shift,
+      edge update), and edge_products_gflops their FLOPs (forward + backward).
+    Their sum is a floor under the step (the rest: node MLPs, embedding, readout, Adam)."""
+    import jax
+    import jax.numpy as jnp
+    import jraph
+
+    from wsl.nn.gnn import segment_extreme
+
+    g = batch["graph"]
+    s, r = g.senders, g.receivers
+    n, e = g.nodes["bias"].shape[0], s.shape[0]
+
+    def ops(x, m):
+        mm = m * (x[r] + x[s])
+        a = jraph.segment_sum(mm, r, n) + jraph.segment_sum(mm * mm, r, n)
+        a = a + segment_extreme(mm, r, n, 1.0) + segment_extreme(mm, r, n, -1.0)
+        return jnp.sum(a**2) + jnp.sum((x[s] + x[r]) * m)
+
+    def products(m, w):
+        return jnp.sum((m @ w) ** 2)
+
+    def best(f, *a):
+        jax.block_until_ready(f(*a))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    x, m = jax.random.normal(keys[0], (n, d)), jax.random.normal(keys[1], (e, d))
+    w = jax.random.normal(keys[2], (d, 3 * d)) / d**0.5
+    t_ops = best(jax.jit(jax.grad(ops, argnums=(0, 1))), x, m)
+    t_mm = best(jax.jit(jax.grad(products, argnums=(0, 1))), m, w)
+    return {
+        "edge_ops_s": round(num_layers * t_ops, 4),
+        "edge_products_s": round(num_layers * t_mm, 4),
+        "edge_products_gflops": round(num_layers * 3 * 2 * e * d * 3 * d / 1e9, 1),
     }
 
 

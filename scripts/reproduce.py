@@ -144,12 +144,15 @@ TABLES["metamorph_resnet"] = Table(
     "0/25/50/75 % of the inner width (64/48/32/16 in the last stage; 75 % never trained). "
     "NeuMeta = INR generating the last block of ResNet20 (Yang & Wang 2024); Sliced = "
     "pretrained ResNet20 with the channels cut; Individual = ResNet20 trained from scratch at "
-    "that width; HTTY = per-block INRs generating all 27 blocks of ResNet56, every block's "
+    "that width; Individual-block = only NeuMeta's block trained from scratch at that width, "
+    "the rest pretrained and frozen, NeuMeta's step budget (ours); HTTY = per-block INRs "
+    "generating all 27 blocks of ResNet56, every block's "
     "inner width compressed, trained block by block (Sommariva et al. 2025)",
     runs=tuple(
         Run(method, "CIFAR10-JPEG", "experiments/metamorph_resnet.py", metric, (f"mode={mode}",))
         for method, mode in (
             ("Individual", "individual"),
+            ("Individual-block", "individual_block"),
             ("Sliced", "sliced"),
             ("NeuMeta", "neumeta"),
             ("HTTY", "htty"),

@@ -212,6 +212,55 @@ def test_neumeta_train_step_lowers_the_loss_and_the_cached_prefix_is_exact():
         np.testing.assert_allclose(cached_out[key], out[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+def test_normalised_recon_is_one_at_zero_and_scale_free():
+    rng = np.random.default_rng(0)
+    t = ({"kernel": rng.normal(size=(3, 3, 4, 5)), "bias": rng.normal(size=5)},)
+    g = jax.tree.map(lambda a: a + 0.3 * rng.normal(size=a.shape), t)
+    zero = jax.tree.map(np.zeros_like, t)
+    np.testing.assert_allclose(metamorph.recon_loss(zero, t, True), 1.0, rtol=1e-5)
+    raw, norm = metamorph.recon_loss(g, t), metamorph.recon_loss(g, t, True)
+    big = jax.tree.map(lambda a: 10 * a, (g, t))
+    np.testing.assert_allclose(metamorph.recon_loss(*big), 100 * raw, rtol=1e-4)
+    np.testing.assert_allclose(metamorph.recon_loss(*big, True), norm, rtol=1e-4)
+    # the raw loss in numpy: mean over arrays of mean(|t| / max|t| * (g - t)^2)
+    expect = np.mean(
+        [np.mean(np.abs(t[0][r]) / np.abs(t[0][r]).max() * (g[0][r] - t[0][r]) ** 2) for r in t[0]]
+    )
+    np.testing.assert_allclose(raw, expect, rtol=1e-4)
+
+
+def test_individual_block_trains_only_the_generated_layers_inside_the_width():
+    sub, data = metamorph.cache_prefix(_subject(), DATA)
+    sizes = metamorph.widths_for(sub.plan.group_sizes, sub.groups, 0.5)
+    model = metamorph.block_model(sub, sizes)
+    params = model.init(jax.random.key(0), None)["params"]
+    frozen = convert.canonical_to_flax(sub.spec, sub.weights)["params"]
+    x = jnp.asarray(data["train"][0])
+    # with the pretrained weights in the generated layers at full width: the pretrained net
+    full = metamorph.block_model(sub, sub.plan.group_sizes)
+    np.testing.assert_allclose(
+        full.apply({"params": frozen}, x), run(sub.module, sub.spec, sub.weights), atol=1e-5
+    )
+    # the generated layers start fresh, the others pretrained
+    start = convert.flax_to_canonical(sub.spec, {"params": params})
+    for i, (a, w) in enumerate(zip(start, sub.weights, strict=True)):
+        same = all(np.allclose(a[r], w[r]) for r in w)
+        assert same != (i in sub.plan.layers), sub.spec.layers[i].name
+
+    def loss(p):
+        return jnp.sum(model.apply({"params": p}, x) ** 2)
+
+    grads = convert.flax_to_canonical(sub.spec, {"params": jax.grad(loss)(params)})
+    mask = metamorph.channel_mask(sub.spec, sizes)
+    for i, (g, m) in enumerate(zip(grads, mask, strict=True)):
+        for r in g:
+            g_r = np.abs(np.asarray(g[r]))
+            if i not in sub.plan.layers:
+                assert g_r.max() == 0.0, sub.spec.layers[i].name
+            else:
+                assert g_r[m[r] == 0].max(initial=0.0) == 0.0 and g_r[m[r] == 1].max() > 0.0
+
+
 # ---- HTTY ---------------------------------------------------------------------------
 
 

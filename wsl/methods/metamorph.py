@@ -37,6 +37,10 @@ at each compression) and more:
     sliced      the smoothed, folded pretrained net with its inner channels >= h cut.
     individual  a ResNet20 of inner width h (BatchNorm, from scratch) per compression,
                 trained with `wsl.methods.classify`'s task (masked, see `MaskedModel`).
+    individual_block  per compression, only the generated layers trained from scratch at
+                inner width h, the rest of the pretrained net frozen (`BlockModel`): the
+                individually trained net at a NeuMeta run's scope and budget (ours; the
+                paper's Individual trains the whole net, 200 epochs, out of reach here).
     htty        HTTY (below): per-block INRs for the whole ResNet56, trained block by block;
                 also the accuracy at never-trained depths (`acc_d<depth>`).
 
@@ -116,7 +120,7 @@ from wsl.train import loop, parallel
 from wsl.weights import convert, fold, symmetry
 from wsl.weights.spec import NetSpec, spec_from_flax
 
-MODES = ("neumeta", "sliced", "individual", "htty")
+MODES = ("neumeta", "sliced", "individual", "individual_block", "htty")
 RESULTS_FILE = "results.json"
 
 
@@ -226,14 +230,26 @@ def insert(subject: Subject, generated: tuple) -> tuple:
     return tuple(weights)
 
 
-def recon_loss(generated: tuple, targets: tuple) -> jax.Array:
-    """NeuMeta's weighted regression: mean over arrays of mean(|t|/max|t| * (w - t)^2)."""
-    losses = []
-    for g, t in zip(generated, targets, strict=True):
-        for role in g:
-            w = jnp.abs(t[role]) + 1e-6
-            losses.append(jnp.mean(w / jnp.max(w) * (g[role] - t[role]) ** 2))
-    return jnp.mean(jnp.stack(losses))
+def _weighted_sq(g, t, normalize: bool) -> jax.Array:
+    """NeuMeta's weighted regression of one array: mean(|t|/max|t| * (g - t)^2); with
+    `normalize`, divided by mean(|t|/max|t| * t^2) (scale-free: 1 for g = 0)."""
+    w = jnp.abs(t) + 1e-6
+    w = w / jnp.max(w)
+    err = jnp.mean(w * (g - t) ** 2)
+    return err / jnp.mean(w * t**2) if normalize else err
+
+
+def recon_loss(generated: tuple, targets: tuple, normalize: bool = False) -> jax.Array:
+    """NeuMeta's weighted regression, the mean over arrays of `_weighted_sq`."""
+    return jnp.mean(
+        jnp.stack(
+            [
+                _weighted_sq(g[r], t[r], normalize)
+                for g, t in zip(generated, targets, strict=True)
+                for r in g
+            ]
+        )
+    )
 
 
 def relative_error(generated: tuple, targets: tuple) -> float:
@@ -361,7 +377,9 @@ def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) 
 
         def loss_fn(params):
             gen = hyper.generate(inr, params, plan, shape, k_noise, config.noise, config.inr.norm)
-            recon = jnp.where(is_full, recon_loss(gen, targets), 0.0)
+            recon = jnp.where(
+                is_full, recon_loss(gen, targets, c.get("recon_normalize", False)), 0.0
+            )
             l2 = sum(jnp.sqrt(jnp.sum(a[r] ** 2)) for a in gen for r in a)
 
             # the network runs in warm-up steps too (its CE is then ignored): a conv inside
@@ -429,7 +447,7 @@ def evaluate_neumeta(subject: Subject, inr, params, test, config) -> dict:
     gen, _ = generate_at(subject, inr, params, 0.0, key, 1, 0.0, config.inr.norm)
     targets = tuple(subject.weights[i] for i in subject.plan.layers)
     out["recon_rel_error"] = relative_error(gen, targets)
-    out["recon_loss"] = float(recon_loss(gen, targets))
+    out["recon_loss"] = float(recon_loss(gen, targets, config.loss.get("recon_normalize", False)))
     out["acc_full_noiseless"] = accuracy(
         subject.module, subject.spec, insert(subject, gen), x, y, start=subject.start
     )
@@ -563,16 +581,14 @@ def htty_weights(subject: Subject, lay: HTTYLayout, params, gen, active, keep, h
     return weights, tuple(effective)
 
 
-def _per_layer_recon(generated, targets) -> jax.Array:
+def _per_layer_recon(generated, targets, normalize: bool = False) -> jax.Array:
     """(num_generated,) NeuMeta's weighted regression per layer (mean over its arrays)."""
-    out = []
-    for g, t in zip(generated, targets, strict=True):
-        terms = []
-        for role in g:
-            w = jnp.abs(t[role]) + 1e-6
-            terms.append(jnp.mean(w / jnp.max(w) * (g[role] - t[role]) ** 2))
-        out.append(jnp.mean(jnp.stack(terms)))
-    return jnp.stack(out)
+    return jnp.stack(
+        [
+            jnp.mean(jnp.stack([_weighted_sq(g[r], t[r], normalize) for r in g]))
+            for g, t in zip(generated, targets, strict=True)
+        ]
+    )
 
 
 def copy_blocks(tree, src, new):
@@ -679,6 +695,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     keep_tab = jnp.asarray(np.stack([d[2] for d in lay.depths]))
     train_x, train_y = data["train"]
     c = config.loss
+    norm_recon = c.get("recon_normalize", False)
 
     def init(key):
         pkey, skey = jax.random.split(key)
@@ -709,7 +726,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
                 inr, params["inr"], plan, shape, k_noise, config.noise, config.inr.norm
             )
             weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], h)
-            recon = jnp.sum(active * _per_layer_recon(eff, targets)) / n_active
+            recon = jnp.sum(active * _per_layer_recon(eff, targets, norm_recon)) / n_active
             recon = jnp.where(is_full, recon, 0.0)
             l2 = sum(
                 jnp.where(active[j], jnp.sqrt(jnp.sum(a[r] ** 2)), 0.0)
@@ -806,7 +823,7 @@ def evaluate_htty(subject: Subject, lay, generator, params, blocks_on, test, con
         subject.weights[i] for i, a_on in zip(subject.plan.layers, on, strict=True) if a_on
     )
     out["recon_rel_error"] = relative_error(gen, targets)
-    out["recon_loss"] = float(recon_loss(gen, targets))
+    out["recon_loss"] = float(recon_loss(gen, targets, config.loss.get("recon_normalize", False)))
     out["acc_full_noiseless"] = accuracy(subject.module, subject.spec, weights, x, y)
     out["blocks_added"] = int(np.sum(np.asarray(blocks_on)))
     return out
@@ -878,6 +895,69 @@ def individual(subject: Subject, data, config, workdir: pathlib.Path, mesh) -> d
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockModel:
+    """The pretrained subject with only its generated layers trained, from scratch, at the
+    widths of `masks` (flax params of 0/1): every other layer keeps its pretrained value
+    (`frozen`) whatever the trained params hold. Runs from block `subject.start` (inputs
+    are the cached activations, `cache_prefix`). For `classify.make_task`."""
+
+    subject: Subject
+    masks: dict
+    frozen: dict  # the pretrained flax params
+    trained: dict  # 1.0 on the generated layers' leaves, 0.0 elsewhere
+
+    def init(self, rngs, *args, **kwargs):
+        x0 = jnp.zeros((1, 32, 32, 3))
+        fresh = self.subject.module.init(rngs, x0)["params"]
+        params = jax.tree.map(lambda f, p, t: t * f + (1 - t) * p, fresh, self.frozen, self.trained)
+        return {"params": params}
+
+    def apply(self, variables, x, train: bool = False, rngs=None, **kwargs):
+        params = jax.tree.map(
+            lambda p, f, t, m: t * p * m + (1 - t) * f,
+            variables["params"],
+            self.frozen,
+            self.trained,
+            self.masks,
+        )
+        return self.subject.module.apply({"params": params}, x, start=self.subject.start)
+
+
+def block_model(subject: Subject, sizes) -> BlockModel:
+    """`BlockModel` of `subject` whose generated layers have the channel group sizes
+    `sizes` (the other layers keep the pretrained weights)."""
+    spec = subject.spec
+    on = set(subject.plan.layers)
+    sel = tuple(
+        {r: np.full(shape, float(i in on), np.float32) for r, shape in layer.shapes}
+        for i, layer in enumerate(spec.layers)
+    )
+    return BlockModel(
+        subject,
+        convert.canonical_to_flax(spec, channel_mask(spec, sizes))["params"],
+        convert.canonical_to_flax(spec, subject.weights)["params"],
+        convert.canonical_to_flax(spec, sel)["params"],
+    )
+
+
+def individual_block(subject: Subject, data, config, workdir: pathlib.Path, mesh) -> dict:
+    """Per compression: the generated layers only (NeuMeta's part of the network) trained
+    from scratch at that inner width with the rest of the pretrained net frozen, with
+    classify's task (config.individual_block.optimizer / train) in workdir/c<pct>: the
+    individually trained net at the budget and scope of a NeuMeta run."""
+    out = {}
+    for c in config.widths.eval:
+        model = block_model(subject, widths_for(subject.plan.group_sizes, subject.groups, c))
+        sub = ml_collections.ConfigDict(config.individual_block.to_dict())
+        sub.seed, sub.data = config.seed, config.data.to_dict()
+        tx = classify.make_optimizer(sub.optimizer, sub.train.num_steps)
+        task = classify.make_task(model, tx, data["train"], {"test": data["test"]}, sub, mesh)
+        _, final = loop.train(task, sub, workdir / f"c{round(100 * c)}", mesh=mesh)
+        out[f"acc_c{round(100 * c)}"] = final["test_accuracy"]
+    return out
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -902,7 +982,7 @@ def run(config, workdir) -> dict:
     results["fold_smooth_max_abs_diff"] = preparation_error(
         config.model.depth, subject, data["test"][0][:100]
     )
-    if config.mode == "neumeta" and config.get("cache_prefix", True):
+    if config.mode in ("neumeta", "individual_block") and config.get("cache_prefix", True):
         t = time.perf_counter()
         subject, data = cache_prefix(subject, data)
         results["cached_blocks"] = subject.start
@@ -911,6 +991,8 @@ def run(config, workdir) -> dict:
         results |= sliced(subject, data["test"], config)
     elif config.mode == "individual":
         results |= individual(subject, data, config, workdir, mesh)
+    elif config.mode == "individual_block":
+        results |= individual_block(subject, data, config, workdir, mesh)
     elif config.mode == "htty":
         phases = make_phases(subject, config)
         config.train.num_steps = phases.num_steps
