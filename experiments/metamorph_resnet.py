@@ -28,6 +28,8 @@ paper: the reference's INR and schedule (200 epochs, cosine here), the full sets
     python -m wsl.main --config=experiments/metamorph_resnet.py:smoke --workdir=runs/mm \\
         --config.mode=neumeta
 
+cpu:   `cpu` below: the full sets and ~15x smoke's steps (several hours here).
+
 HTTY smoke: the whole ResNet56 in 3 phases of 9 blocks (one stage each), 40 steps each and 40
        more at the end (160 steps of batch 32, about 6 minutes here), per-block INRs 64 x 2
        layers, 8 frequencies, K = 2. A pipeline check: at this budget the INRs do not learn
@@ -40,13 +42,13 @@ HTTY paper: one block per phase, 10 epochs per block and 30 more at the end (300
 
 import ml_collections
 
-VARIANTS = ("smoke", "paper")
+VARIANTS = ("smoke", "cpu", "paper")
 
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
-    smoke = variant == "smoke"
+    smoke = variant in ("smoke", "cpu")  # cpu: smoke's settings, then `cpu` below
     c = ml_collections.ConfigDict()
     c.method = "metamorph"
     c.mode = "neumeta"  # neumeta | sliced | individual | htty
@@ -181,7 +183,29 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             },
         }
     )
+    if variant == "cpu":
+        cpu(c)
     return c
+
+
+def cpu(c: ml_collections.ConfigDict) -> None:
+    """The longest run that fits this 2-core CPU over a few sessions (resumable): the full
+    training and test sets, NeuMeta 30,000 steps (~2 h here) at the reference's learning
+    rate, Individual-block at the same budget, Individual 1,000 steps of batch 128 per width
+    (2.6 epochs: a weak baseline), HTTY 3 phases of 500 steps + 500."""
+    c.data.train_size, c.data.test_size = 0, 0
+    c.train.num_steps, c.train.recon_steps = 30000, 2000
+    c.optimizer.learning_rate = 1e-3
+    c.train.eval_every, c.train.checkpoint_every = 5000, 1000
+    c.eval.k_samples = 10
+    c.individual_block.train.num_steps = 30000
+    c.individual_block.train.checkpoint_every = 2000
+    c.individual.train.batch_size, c.individual.train.num_steps = 128, 1000
+    c.individual.train.checkpoint_every = 200
+    c.htty.phases.steps_per_phase, c.htty.phases.final_steps = 500, 500
+    c.htty.train.checkpoint_every = 200
+    c.htty.train.ema = 0.995
+    c.htty.eval.k_samples = 10
 
 
 def htty(smoke: bool) -> ml_collections.ConfigDict:

@@ -374,16 +374,26 @@ def run_seed(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> dict:
     return {"value": value, "wall_s": wall, "error": error}
 
 
-def reproduce(name: str, variant: str, runs_dir, results_dir, argv=None, datasets=None) -> dict:
+def reproduce(
+    name: str, variant: str, runs_dir, results_dir, argv=None, datasets=None, methods=None
+) -> dict:
     """Run table `name` and write results_dir/NAME.{json,md,png}; returns the JSON record.
-    `datasets`: only the rows of these datasets (e.g. the ones whose zoo exists)."""
+    `datasets` / `methods`: only the rows of these datasets (e.g. the ones whose zoo
+    exists) / methods (e.g. the long run of a table first)."""
     import numpy as np
 
     table = TABLES[name]
-    runs = [r for r in table.runs if datasets is None or r.dataset in datasets]
+    runs = [
+        r
+        for r in table.runs
+        if (datasets is None or r.dataset in datasets) and (methods is None or r.method in methods)
+    ]
     if not runs:
-        known = sorted({r.dataset for r in table.runs})
-        raise RuntimeError(f"no rows of datasets {sorted(datasets)}; table {name} has {known}")
+        known = sorted({r.dataset for r in table.runs}), sorted({r.method for r in table.runs})
+        raise RuntimeError(
+            f"no rows of datasets {sorted(datasets or [])} / methods {sorted(methods or [])}; "
+            f"table {name} has datasets {known[0]}, methods {known[1]}"
+        )
     rows, errors, walls = [], [], {}
     for run in runs:
         values = []
@@ -563,6 +573,9 @@ def main(argv=None) -> int:
         help="comma-separated: only these datasets' rows (e.g. MNIST while the Fashion-MNIST "
         "zoo is being generated); default all",
     )
+    parser.add_argument(
+        "--methods", default="", help="comma-separated: only these methods' rows; default all"
+    )
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
@@ -583,6 +596,7 @@ def main(argv=None) -> int:
                 args.results_dir,
                 sys.argv[1:] if argv is None else argv,
                 datasets=set(args.datasets.split(",")) if args.datasets else None,
+                methods=set(args.methods.split(",")) if args.methods else None,
             )
             for row in record["rows"]:
                 print(

@@ -95,7 +95,12 @@ def test_unknown_table(reproduce, capsys):
     assert reproduce.main(["--table", "nope"]) == 2
     assert "unknown table 'nope'; choose one of" in capsys.readouterr().err
     assert reproduce.main(["--table", "redundancy", "--datasets", "SVHN"]) == 1
-    assert "no rows of datasets ['SVHN']; table redundancy has" in capsys.readouterr().err
+    assert "no rows of datasets ['SVHN'] / methods []; table redundancy has datasets" in (
+        capsys.readouterr().err
+    )
+    assert reproduce.main(["--table", "redundancy", "--methods", "Nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no rows of datasets [] / methods ['Nope']" in err and "'RBA'" in err
 
 
 def test_classify_mnist_is_registered(reproduce):
