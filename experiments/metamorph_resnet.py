@@ -90,7 +90,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     # outputs (exact; metamorph.cache_prefix): a step then runs 1 of ResNet20's 9 blocks
     c.cache_prefix = True
     # recon_normalize: the weighted regression divided by its value at W = 0 (ours; the
-    # reference's raw value on folded weights is ~1e-3, where Adam's eps slows fitting)
+    # reference's raw value on folded weights is ~1e-3 and fitted slower here)
     c.loss = ml_collections.ConfigDict(
         {"ce": 1.0, "recon": 1.0, "l2": 1e-4, "recon_normalize": True}
     )

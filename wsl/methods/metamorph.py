@@ -10,7 +10,10 @@ and train an INR (`wsl.nn.hyper`) to generate some of its conv layers at any wid
     loss = CE + lambda_1 * recon + lambda_2 * sum_l ||W_l||_2
     recon = mean over arrays of mean(|W*| / max|W*| * (W - W*)^2) against the smoothed,
             folded pretrained weights W*, on the steps where h is the full width
-            (the reference's weighted regression loss);
+            (the reference's weighted regression loss; with `loss.recon_normalize`, ours,
+            each array's term divided by its value at W = 0, so the loss is scale-free: the
+            raw value is ~1e-3 on folded weights; normalised, a reconstruction-only fit
+            reached relative error 0.73 instead of 0.89 in 1,000 steps here);
     evaluation: the average of K generations (one noiseless, K - 1 with noisy coordinates),
     with the EMA of the INR's parameters.
 
