@@ -97,7 +97,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.widths = ml_collections.ConfigDict(
         {
             "train_max_compression": 0.5,  # widths 32..64 trained
-            "full_prob": 0.25,  # P(full width) per step: the steps with the recon term
+            # P(full width) per step: the steps with the recon term (ours; the reference
+            # draws the width uniformly from 32..64, so 1/33)
+            "full_prob": 0.25,
             "eval": (0.0, 0.25, 0.5, 0.75),
         }
     )
