@@ -147,17 +147,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
                 "momentum": 0.9,
                 "weight_decay": 0.0 if smoke else 1e-4,
             },
-            "train": {
-                "batch_size": ind_bs,
-                "num_steps": ind_steps,
-                "eval_batch_size": 500,
-                "eval_every": 0,
-                "log_every": 25 if smoke else 100,
-                "checkpoint_every": 50 if smoke else 2000,
-                "keep_checkpoints": 2,
-                "async_checkpoints": True,
-                "nan_at_step": 0,
-            },
+            "train": _train(ind_bs, ind_steps, 25 if smoke else 100, 50 if smoke else 2000),
         }
     )
     # mode=individual_block: the generated layers from scratch at each width, the rest of the
@@ -172,22 +162,27 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
                 "momentum": 0.0,
                 "weight_decay": 1e-2,
             },
-            "train": {
-                "batch_size": batch_size,
-                "num_steps": num_steps,
-                "eval_batch_size": 500,
-                "eval_every": 0,
-                "log_every": 25 if smoke else 100,
-                "checkpoint_every": 500 if smoke else 2000,
-                "keep_checkpoints": 2,
-                "async_checkpoints": True,
-                "nan_at_step": 0,
-            },
+            "train": _train(batch_size, num_steps, 25 if smoke else 100, 500 if smoke else 2000),
         }
     )
     if variant == "cpu":
         cpu(c)
     return c
+
+
+def _train(batch_size: int, num_steps: int, log_every: int, checkpoint_every: int) -> dict:
+    """The `train` settings of a baseline trained with classify's task."""
+    return {
+        "batch_size": batch_size,
+        "num_steps": num_steps,
+        "eval_batch_size": 500,
+        "eval_every": 0,
+        "log_every": log_every,
+        "checkpoint_every": checkpoint_every,
+        "keep_checkpoints": 2,
+        "async_checkpoints": True,
+        "nan_at_step": 0,
+    }
 
 
 def cpu(c: ml_collections.ConfigDict) -> None:
