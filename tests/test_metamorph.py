@@ -212,6 +212,29 @@ def test_neumeta_train_step_lowers_the_loss_and_the_cached_prefix_is_exact():
         np.testing.assert_allclose(cached_out[key], out[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
+def test_warm_up_runs_at_its_own_rate_and_the_joint_phase_restarts_its_schedule():
+    c = ml_collections.ConfigDict(
+        {
+            "optimizer": {
+                "name": "adamw",
+                "learning_rate": 1e-4,
+                "schedule": "cosine",
+                "warmup_steps": 10,
+                "weight_decay": 0.0,
+            },
+            "train": {"num_steps": 120, "recon_steps": 20, "recon_learning_rate": 3e-3},
+        }
+    )
+    lr = metamorph.neumeta_learning_rate(c)
+    np.testing.assert_allclose([lr(0), lr(19)], [3e-3, 3e-3], rtol=1e-6)
+    np.testing.assert_allclose([lr(20), lr(25), lr(30)], [0.0, 5e-5, 1e-4], rtol=1e-5)
+    assert float(lr(119)) < 1e-6  # cosine over the 100 joint steps
+    c.train.recon_learning_rate = 0.0  # 0: the optimizer's rate
+    assert float(metamorph.neumeta_learning_rate(c)(5)) == np.float32(1e-4)
+    c.train.recon_steps = 0  # no warm-up: the plain schedule over all steps
+    np.testing.assert_allclose(metamorph.neumeta_learning_rate(c)(10), 1e-4, rtol=1e-6)
+
+
 def test_normalised_recon_is_one_at_zero_and_scale_free():
     rng = np.random.default_rng(0)
     t = ({"kernel": rng.normal(size=(3, 3, 4, 5)), "bias": rng.normal(size=5)},)

@@ -32,12 +32,9 @@ SCHEDULES = ("constant", "cosine")
 RESULTS_FILE = "results.json"
 
 
-def make_optimizer(opt, num_steps: int) -> optax.GradientTransformation:
-    """optax optimiser from `config.optimizer`: adam / adamw / sgd (+ momentum), a constant
-    or warmup + cosine-decay learning rate, weight decay (decoupled for adamw, L2 otherwise),
-    optional gradient clipping by global norm (`clip`, default off)."""
-    if opt.name not in OPTIMIZERS:
-        raise loop.UserError(f"unknown optimizer {opt.name!r}; choose one of {OPTIMIZERS}")
+def make_schedule(opt, num_steps: int):
+    """`opt.learning_rate`, constant or (`opt.schedule` = cosine) linear warm-up over
+    `opt.warmup_steps` then cosine decay to 0 at `num_steps`."""
     schedule = opt.get("schedule", "constant")
     if schedule not in SCHEDULES:
         raise loop.UserError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
@@ -45,6 +42,16 @@ def make_optimizer(opt, num_steps: int) -> optax.GradientTransformation:
     if schedule == "cosine":
         warmup = min(opt.get("warmup_steps", 0), num_steps // 2)
         lr = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(num_steps, warmup + 1))
+    return lr
+
+
+def make_optimizer(opt, num_steps: int, lr=None) -> optax.GradientTransformation:
+    """optax optimiser from `config.optimizer`: adam / adamw / sgd (+ momentum), the learning
+    rate of `make_schedule` (or `lr`, a number or schedule), weight decay (decoupled for
+    adamw, L2 otherwise), optional gradient clipping by global norm (`clip`, default off)."""
+    if opt.name not in OPTIMIZERS:
+        raise loop.UserError(f"unknown optimizer {opt.name!r}; choose one of {OPTIMIZERS}")
+    lr = make_schedule(opt, num_steps) if lr is None else lr
     wd = opt.get("weight_decay", 0.0)
     if opt.name == "adamw":
         tx = optax.adamw(lr, weight_decay=wd)

@@ -343,6 +343,32 @@ def make_inr(config) -> hyper.INR:
     return hyper.INR(c.hidden, c.num_layers, c.num_freqs, 3, c.scalar)
 
 
+def neumeta_learning_rate(config):
+    """`config.optimizer`'s learning rate (`classify.make_schedule`); with a reconstruction
+    warm-up (`train.recon_steps` > 0) its steps run at the constant
+    `train.recon_learning_rate` (0: `optimizer.learning_rate`), and the joint steps after it
+    follow `optimizer`'s schedule (its warm-up from 0, then cosine) over the remaining
+    steps: Adam's second moments, accumulated on the small reconstruction gradients, would
+    otherwise make the first cross-entropy steps many times too large (measured: a fit at
+    relative error 0.53 undone within 50 steps even at 3e-4)."""
+    opt, train = config.optimizer, config.train
+    warm = train.get("recon_steps", 0)
+    if not warm:
+        return classify.make_schedule(opt, train.num_steps)
+    recon_lr = train.get("recon_learning_rate") or opt.learning_rate
+    joint = classify.make_schedule(opt, max(train.num_steps - warm, 1))
+    joint = joint if callable(joint) else optax.constant_schedule(joint)
+    return optax.join_schedules([optax.constant_schedule(recon_lr), joint], [warm])
+
+
+def neumeta_optimizer(config) -> optax.GradientTransformation:
+    """Gradient clipping by value (`train.clip`, the reference's), then `config.optimizer`
+    at `neumeta_learning_rate`."""
+    lr = neumeta_learning_rate(config)
+    tx = classify.make_optimizer(config.optimizer, config.train.num_steps, lr)
+    return optax.chain(optax.clip(config.train.clip), tx)
+
+
 def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> loop.Task:
     """The loop's Task: INR params in `state.params`, their EMA in `state.model_state`."""
     plan, spec, module = subject.plan, subject.spec, subject.module
@@ -1011,11 +1037,7 @@ def run(config, workdir) -> dict:
         results["num_steps"] = phases.num_steps
     else:
         inr = make_inr(config)
-        tx = optax.chain(
-            optax.clip(config.train.clip),
-            classify.make_optimizer(config.optimizer, config.train.num_steps),
-        )
-        task = make_neumeta_task(subject, inr, tx, data, config, mesh)
+        task = make_neumeta_task(subject, inr, neumeta_optimizer(config), data, config, mesh)
         state, final = loop.train(task, config, workdir, mesh=mesh)
         results |= final
         results["inr_params"] = hyper.num_params(state.params)
