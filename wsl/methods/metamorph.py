@@ -14,6 +14,11 @@ and train an INR (`wsl.nn.hyper`) to generate some of its conv layers at any wid
             each array's term divided by its value at W = 0, so the loss is scale-free: the
             raw value is ~1e-3 on folded weights; normalised, a reconstruction-only fit
             reached relative error 0.73 instead of 0.89 in 1,000 steps here);
+    warm-up (ours, `train.recon_steps` > 0): that many reconstruction-only steps at full
+    width first, at `train.recon_learning_rate`, then the joint loss on `optimizer`'s
+    schedule restarted from 0 (`neumeta_learning_rate`). Trained with the CE from a random
+    INR the generated block collapses to rank ~1 (all channels alike) within a few hundred
+    steps here; a joint phase started at full rate undoes the reconstruction fit.
     evaluation: the average of K generations (one noiseless, K - 1 with noisy coordinates),
     with the EMA of the INR's parameters.
 
