@@ -24,23 +24,23 @@ smoke: NeuMeta's base INR (256 x 4, 16 frequencies, one per weight tensor), 1,50
        individual nets 100 steps of batch 64 each; individual blocks 3,000 steps each
        (NeuMeta's budget).
 
-Why the two phases (ours; measured, smoke settings, /tmp runs of session 6): from a random
-INR the cross-entropy alone drives the generated block to rank ~1 within ~200 steps at any
-learning rate from 1e-4 to 3e-3 (conv1's 64 output channels at |cos| 0.994 with each other;
-pretrained: effective rank 52 of 64), a one-channel block that gives ~0.67 train accuracy
-and stays there: the INR moves fastest along weights shared by all channels. Starting from
-a reconstruction of the pretrained weights escapes this only if the joint phase starts
-gently: at 3e-3 or 3e-4 straight after the warm-up the fit is undone within 50 steps; with a
-warm-up of the rate it is kept and the narrow widths learn (joint lr 3e-4: 0.743 / 0.688 /
-0.69 / 0.629 at 0/25/50/75 %, generated conv1 of effective rank 32; 1e-4: 0.754 / 0.643 /
-0.686 / 0.581; one seed each, 1,000 test images).
+Why the two phases (ours; measured with the smoke settings, commands in issue 7's notes):
+from a random INR the cross-entropy alone drives the generated block to rank ~1 within ~200
+steps at any learning rate from 1e-4 to 3e-3 (conv1's 64 output channels at |cos| 0.994 with
+each other; pretrained: effective rank 52 of 64), a one-channel block that gives ~0.67 train
+accuracy and stays there: the INR moves fastest along weights shared by all channels.
+Starting from a reconstruction of the pretrained weights escapes this only if the joint
+phase starts gently: at 3e-3 or 3e-4 straight after the warm-up the fit is undone within 50
+steps; with a warm-up of the rate it is kept and the narrow widths learn (joint lr 3e-4:
+0.743 / 0.688 / 0.69 / 0.629 at 0/25/50/75 %, generated conv1 of effective rank 32; 1e-4:
+0.754 / 0.643 / 0.686 / 0.581; one seed each, 1,000 test images).
 paper: the reference's INR and schedule (200 epochs, cosine here), the full sets, K = 50;
        individual nets 200 epochs of SGD (akamaster's recipe without augmentation).
 
     python -m wsl.main --config=experiments/metamorph_resnet.py:smoke --workdir=runs/mm \\
         --config.mode=neumeta
 
-cpu:   `cpu` below: the full sets and ~15x smoke's steps (several hours here).
+cpu:   `cpu` below: the full sets and 10x smoke's steps (several hours here).
 
 HTTY smoke: the whole ResNet56 in 3 phases of 9 blocks (one stage each), 40 steps each and 40
        more at the end (160 steps of batch 32, about 6 minutes here), per-block INRs 64 x 2
