@@ -276,6 +276,7 @@ TABLES["sne_cross_arch"] = Table(
             "transfer_residual_kendall_tau",
         )
     ),
+    plot="lines",  # Kendall tau from the held-out base networks to each unseen family
 )
 TABLES["sne_ablation"] = Table(
     title="SNE ablations on the MNIST Small CNN Zoo: chunk size, layer encodings, logit "
@@ -503,8 +504,12 @@ def plot(record: dict, path) -> None:
         ax.bar_label(bars, fmt="%.3f", padding=2)
     ax.set_xlim(-0.75, len(rows) - 0.25)
     ax.set_ylim(top=ax.get_ylim()[1] * 1.1)  # room for the labels
-    ax.set_xticks(x, [f"{r['method']}\n{r['dataset']}" for r in rows])
-    ax.set_ylabel(", ".join(sorted({r["metric"] for r in rows})))
+    metrics = {r["metric"] for r in rows}
+    many = len(metrics) > 1  # then each bar names its metric
+    ax.set_xticks(
+        x, [f"{r['method']}\n{r['dataset']}" + (f"\n{r['metric']}" if many else "") for r in rows]
+    )
+    ax.set_ylabel("value" if many else metrics.pop())
     ax.set_title(f"{record['table']} ({record['variant']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -548,7 +553,10 @@ def plot_lines(record: dict, path) -> None:
         if paper:
             ax.plot(*zip(*paper, strict=True), "s--", color=colour, alpha=0.6,
                     label=f"{method} (paper)")  # fmt: skip
-    ax.set_xticks(range(len(metrics)), metrics)
+    long = max(map(len, metrics), default=0) > 10  # then slanted, so they do not overlap
+    ax.set_xticks(
+        range(len(metrics)), metrics, rotation=20 if long else 0, ha="right" if long else "center"
+    )
     ax.set_title(f"{record['table']} ({record['variant']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
