@@ -1,16 +1,19 @@
 """Neural metamorphosis: smoothing, BatchNorm re-parameterisation, INR weight generation,
 the NeuMeta train step (toy ResNet8 throughout; no data files needed)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from wsl.methods import metamorph
 from wsl.nn import hyper, subjects
-from wsl.train import parallel
+from wsl.train import loop, parallel
 from wsl.weights import convert, fold, spec, symmetry
 
 X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
@@ -413,6 +416,33 @@ def test_blockwise_phases_start_each_block_from_the_previous_blocks_inr():
     assert rows and not all(np.array_equal(a[1], a[0]) for a, _ in rows)
     assert all(np.array_equal(b[1], a[0]) and np.array_equal(b[2], a[2]) for a, b in rows)
     assert all(np.array_equal(a, b) for inr_leaf, a, b in pairs if not inr_leaf)
+
+
+def test_htty_phases_start_with_a_reconstruction_warm_up_at_its_own_rate():
+    sub, c, inr = _htty(8, per_phase=1, steps=4, final=2)
+    c.train.recon_steps, c.train.recon_learning_rate = 2, 3e-3
+    c.optimizer.warmup_steps = 1
+    phases = metamorph.make_phases(sub, c)
+    warm = [bool(phases.warming(i)) for i in range(phases.num_steps)]
+    assert warm == [True, True, False, False] * 3 + [False, False]
+    lr = phases.learning_rate(1e-2, 1, 3e-3)
+    np.testing.assert_allclose([lr(0), lr(1), lr(4), lr(9)], 3e-3, rtol=1e-6)
+    np.testing.assert_allclose([lr(2), lr(6), lr(10)], 1e-2, rtol=1e-6)  # 1 warm-up step
+    assert float(lr(13)) < float(lr(11)) < 1e-2  # the last phase's cosine spans final too
+    no_recon = dataclasses.replace(phases, recon=0).learning_rate(1e-2, 1)
+    np.testing.assert_allclose([no_recon(0), no_recon(4)], 1e-2, rtol=1e-6)
+    task = metamorph.make_htty_task(sub, inr, optax.adam(1e-3), DATA, c, parallel.make_mesh())
+    state, step = task.init(jax.random.key(0)), jax.jit(task.train_step)
+    for i in range(8):  # full width in warm-up steps, loss = recon alone; then CE counts
+        state, m = step(state.replace(step=jnp.asarray(i)), task.batch(i), jax.random.key(i))
+        if warm[i]:
+            assert int(m["width"]) == metamorph.htty_layout(sub, [8]).ref  # full width
+            np.testing.assert_allclose(m["loss"], m["recon"], rtol=1e-6)
+        else:
+            assert float(m["loss"]) >= float(m["ce"]) > 0.0
+    c.train.recon_steps = 4
+    with pytest.raises(loop.UserError, match="recon_steps=4 must be"):
+        metamorph.make_phases(sub, c)
 
 
 def test_unseen_depth_and_width_are_deterministic_and_depth_drops_blocks_exactly():

@@ -91,7 +91,11 @@ TSommariva/HTTY_NeuMeta, was not available), made here and configurable where ma
     2. order of the blocks: from the input (`model.order`, or output_first); all added
        blocks keep training (not only the newest); several blocks added in one phase all
        copy the same previous block; the optimiser moments and EMA are copied too.
-    3. the learning rate (warmup + cosine) restarts at every phase.
+    3. the learning rate (warmup + cosine) restarts at every phase. Optionally
+       (`train.recon_steps`, ours, 0 in `paper`) every phase starts with reconstruction-only
+       steps at full width and depth, at `train.recon_learning_rate`: without them a
+       phase's copied INRs generate another block's weights and the cross-entropy starts
+       from a broken network (NeuMeta's warm-up, per phase).
     4. what is metamorphic: the inner widths of all blocks; the residual stream keeps
        16/32/64 channels (so option-A shortcuts stay exact), the stem conv stays pretrained
        and frozen, the classifier is shared.
@@ -642,12 +646,14 @@ def copy_blocks(tree, src, new):
 @dataclasses.dataclass(frozen=True)
 class Phases:
     """Block-wise incremental schedule: phase p (of `num`) trains blocks
-    [0, (p + 1) * per_phase) for `steps` steps; the last phase runs `final` more."""
+    [0, (p + 1) * per_phase) for `steps` steps; the last phase runs `final` more. The first
+    `recon` steps of every phase are a reconstruction warm-up (`warming`)."""
 
     num_blocks: int
     per_phase: int
     steps: int
     final: int
+    recon: int = 0
 
     @property
     def num(self) -> int:
@@ -664,6 +670,10 @@ class Phases:
         """(num_blocks,) bool: the blocks added by `step`."""
         return jnp.arange(self.num_blocks) < (self.phase(step) + 1) * self.per_phase
 
+    def warming(self, step):
+        """True in the first `recon` steps of a phase: reconstruction only, full width."""
+        return step - self.phase(step) * self.steps < self.recon
+
     def starts(self, step):
         """(src, new): at the first step of a phase, the blocks it adds (`new`) and the
         previously added block they copy (`src`); phase 0 adds block 0 fresh and copies it
@@ -675,32 +685,42 @@ class Phases:
         new = first & (b >= p * self.per_phase) & (b < (p + 1) * self.per_phase) & (b != src)
         return src, new
 
-    def learning_rate(self, lr: float, warmup: int):
-        """Warmup + cosine decay restarted at every phase (the last one spans its steps
-        plus `final`)."""
+    def learning_rate(self, lr: float, warmup: int, recon_lr: float | None = None):
+        """Restarted at every phase (the last one spans its steps plus `final`): the
+        `recon` warm-up steps at the constant `recon_lr` (default `lr`), then warm-up from 0
+        over `warmup` steps and cosine decay to 0 over the rest (as
+        `neumeta_learning_rate`, per phase)."""
         last = (self.num - 1) * self.steps
+        recon_lr = lr if recon_lr is None else recon_lr
 
         def schedule(count):
-            pos = jnp.where(count < last, count % self.steps, count - last)
-            length = jnp.where(count < last, self.steps, self.steps + self.final)
-            w = min(warmup, self.steps // 2)
+            pos = jnp.where(count < last, count % self.steps, count - last) - self.recon
+            length = jnp.where(count < last, self.steps, self.steps + self.final) - self.recon
+            w = min(warmup, (self.steps - self.recon) // 2)
             up = lr * (pos + 1) / max(w, 1)
             t = jnp.clip((pos - w) / jnp.maximum(length - w, 1), 0.0, 1.0)
-            return jnp.where(pos < w, up, 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t)))
+            joint = jnp.where(pos < w, up, 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t)))
+            return jnp.where(pos < 0, recon_lr, joint)
 
         return schedule
 
 
 def make_phases(subject: Subject, config) -> Phases:
-    p = config.phases
-    return Phases(len(subject.blocks), p.blocks_per_phase, p.steps_per_phase, p.final_steps)
+    p, recon = config.phases, config.train.get("recon_steps", 0)
+    if not 0 <= recon < p.steps_per_phase:
+        raise loop.UserError(
+            f"htty.train.recon_steps={recon} must be >= 0 and below htty.phases.steps_per_phase"
+            f"={p.steps_per_phase} (the warm-up runs at the start of every phase)"
+        )
+    return Phases(len(subject.blocks), p.blocks_per_phase, p.steps_per_phase, p.final_steps, recon)
 
 
 def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformation:
     """Clipping by value, then AdamW with the per-phase learning rate; weight decay on the
     INRs only (not on the per-width scalars or the shared classifier)."""
     o = config.optimizer
-    schedule = make_phases(subject, config).learning_rate(o.learning_rate, o.warmup_steps)
+    recon_lr = config.train.get("recon_learning_rate") or None
+    schedule = make_phases(subject, config).learning_rate(o.learning_rate, o.warmup_steps, recon_lr)
 
     def decay(params):
         return {k: jax.tree.map(lambda _, k=k: k == "inr", v) for k, v in params.items()}
@@ -718,7 +738,8 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     optimiser moments), sample a width h in [h_lo, ref] (ref with `widths.full_prob`) and
     a training depth, generate all blocks in one call, use the active blocks' weights and
     the pretrained weights elsewhere; loss = CE + recon (full width and depth only, active
-    layers) + L2 (active layers)."""
+    layers) + L2 (active layers). In a phase's first `train.recon_steps` steps: recon only,
+    at full width and depth (the network still runs; its CE is logged, not trained)."""
     plan, spec, module = subject.plan, subject.spec, subject.module
     phases = make_phases(subject, config)
     lay = htty_layout(subject, config.model.train_depths)
@@ -727,6 +748,13 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     ids_tab = jnp.asarray(np.stack([d[0] for d in lay.depths]))
     num_tab = jnp.asarray([d[1] for d in lay.depths], jnp.float32)
     keep_tab = jnp.asarray(np.stack([d[2] for d in lay.depths]))
+    full_depth = [i for i, d in enumerate(lay.depths) if d[1] == plan.num_layers]
+    if phases.recon and not full_depth:
+        raise loop.UserError(
+            "htty.train.recon_steps > 0 fits the full-depth network: add the subject's depth "
+            f"({config.model.depth}) to htty.model.train_depths"
+        )
+    full_depth = full_depth[0] if full_depth else 0
     train_x, train_y = data["train"]
     c = config.loss
     norm_recon = c.get("recon_normalize", False)
@@ -748,9 +776,12 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
         ema = copy_blocks(state.model_state["ema"], src, new)
         blocks_on = phases.active(state.step)
         active = blocks_on[jnp.asarray(lay.layer_block)]
+        warm = phases.warming(state.step)  # reconstruction only, full width and depth
         h = jax.random.randint(k_size, (), h_lo, lay.ref + 1)
         h = jnp.where(jax.random.uniform(k_full) < config.widths.full_prob, lay.ref, h)
+        h = jnp.where(warm, lay.ref, h)
         d = jax.random.randint(k_depth, (), 0, len(lay.depths))
+        d = jnp.where(warm, full_depth, d)
         shape = hyper.Shape(htty_sizes(lay, h, blocks_on), ids_tab[d], num_tab[d])
         is_full = (h == lay.ref) & (num_tab[d] == plan.num_layers)
         n_active = jnp.maximum(jnp.sum(active), 1)
@@ -769,7 +800,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
             )
             logits = module.apply(convert.canonical_to_flax(spec, weights), batch["x"])
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-            loss = c.ce * ce + c.recon * recon + c.l2 * l2
+            loss = jnp.where(warm, c.recon * recon, c.ce * ce + c.recon * recon + c.l2 * l2)
             return loss, (logits, ce, recon, l2)
 
         (loss, (logits, ce, recon, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
