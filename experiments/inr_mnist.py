@@ -19,6 +19,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.hidden = (32, 32)
     c.omega_0 = 30.0
     c.learning_rate = 1e-3
+    c.target_psnr = 0.0  # > 0: early stopping at this PSNR (dB), as the DWSNets sets (40)
     c.inrs_per_shard = 128  # written together
     c.inrs_per_program = 8  # fitted together (vmap); 4-8 measured fastest per core
     c.workers = 1

@@ -78,6 +78,28 @@ def test_k_inrs_together_equal_each_alone():
     assert float(psnr3.mean()) > 12.0  # fitting makes progress in 30 steps
 
 
+def test_early_stopping_freezes_each_inr_once_it_reaches_the_target_psnr():
+    d = images.load("mnist")
+    t = jnp.asarray(images.preprocess(d.train_x[:3], "unit").reshape(3, 784, 1))
+    keys = jnp.stack([inr.inr_key(0, i) for i in range(3)])
+    m, c = inr.siren_module(1), inr.coordinates(28, 28)
+    fit = lambda steps, target=0.0: inr.fit_sirens(  # noqa: E731
+        keys, t, c, module=m, steps=steps, lr=1e-3, target_psnr=target
+    )
+    p_free, psnr_free = fit(40)
+    p_never, psnr_never = fit(40, 1000.0)  # never reached: the same fit
+    for a, b in zip(jax.tree.leaves(p_free), jax.tree.leaves(p_never), strict=True):
+        np.testing.assert_array_equal(a, b)
+    target = float(psnr_free.min()) - 1.0  # every INR gets there before the last step
+    p_stop, psnr_stop = fit(40, target)
+    assert np.all(np.asarray(psnr_stop) >= target)
+    assert np.all(np.asarray(psnr_stop) < np.asarray(psnr_free))  # stopped early
+    # frozen: 20 more allowed steps change nothing
+    p_more, _ = fit(60, target)
+    for a, b in zip(jax.tree.leaves(p_stop), jax.tree.leaves(p_more), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_inr_set_roundtrip(tmp_path):
     cfg = smoke_config()
     assert inr.generate_inr_set(cfg, tmp_path, log=lambda s: None)

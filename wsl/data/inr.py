@@ -138,11 +138,23 @@ def psnr(mse):
     return -10.0 * jnp.log10(mse)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "steps", "lr", "unroll"))
-def fit_sirens(keys, targets, coords, *, module, steps: int, lr: float, unroll: int = 1):
+@functools.partial(jax.jit, static_argnames=("module", "steps", "lr", "unroll", "target_psnr"))
+def fit_sirens(
+    keys,
+    targets,
+    coords,
+    *,
+    module,
+    steps: int,
+    lr: float,
+    unroll: int = 1,
+    target_psnr: float = 0.0,
+):
     """Fit one SIREN per target image, all at once: `targets` (K, H*W, C), `keys` (K,).
     Returns (params stacked over K, final PSNR (K,)). Each INR's result depends only on
-    its key and image (vmap over INRs; a scan over steps)."""
+    its key and image (vmap over INRs; a scan over steps). `target_psnr` > 0: early
+    stopping, as the DWSNets sets were made: an INR whose PSNR has reached it takes no
+    further step."""
     init = jax.vmap(lambda k: module.init(k, coords[:1])["params"])(keys)
     tx = optax.adam(lr)
 
@@ -151,8 +163,12 @@ def fit_sirens(keys, targets, coords, *, module, steps: int, lr: float, unroll: 
 
     def one_step(p, o, t):
         loss, g = jax.value_and_grad(loss_fn)(p, t)
-        upd, o = tx.update(g, o, p)
-        return optax.apply_updates(p, upd), o
+        upd, o_new = tx.update(g, o, p)
+        p_new = optax.apply_updates(p, upd)
+        if target_psnr <= 0:
+            return p_new, o_new
+        done = psnr(loss) >= target_psnr  # reached: keep this INR as it is
+        return jax.tree.map(lambda a, b: jnp.where(done, a, b), (p, o), (p_new, o_new))
 
     step = jax.vmap(one_step)
 
@@ -231,7 +247,13 @@ def generate_inr_set(
             targets = jnp.concatenate([targets, jnp.repeat(targets[:1], pad, 0)])
             keys = jnp.concatenate([keys, jnp.repeat(keys[:1], pad, 0)])
         params, p = fit_sirens(
-            keys, targets, coords, module=module, steps=cfg["steps"], lr=cfg["learning_rate"]
+            keys,
+            targets,
+            coords,
+            module=module,
+            steps=cfg["steps"],
+            lr=cfg["learning_rate"],
+            target_psnr=cfg.get("target_psnr", 0.0),
         )
         flat = np.stack(
             [
