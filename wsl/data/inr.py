@@ -11,9 +11,10 @@ shards, read back as canonical weights.
   **every bias ~ U(-1/sqrt(in), 1/sqrt(in))** (PyTorch `nn.Linear`'s default, as in
   Sitzmann's reference code).
 - **No output offset**: the network output is the pixel value itself. Targets are
-  pixels / 255, i.e. in [0, 1] (no centring). (DWSNets' INRs differ: zero biases in
-  the sine layers, `nn.Linear` default init for the last layer, and `+ 0.5` added to
-  the output; see `wsl.data.published`.)
+  pixels / 255, i.e. in [0, 1] (no centring). (DWSNets' INRs differ: no first-layer
+  init (both sine layers U(-sqrt(6/in)/30, +)), zero biases in the sine layers,
+  `nn.Linear` default init for the last layer, and `+ 0.5` added to the output; see
+  `wsl.data.published`. A set made that way is much easier to classify: issue 5's notes.)
 - Coordinates: pixel (row r, column c) of an H x W image is the point
   (x, y) = (linspace(-1, 1, W)[c], linspace(-1, 1, H)[r]) (x = column, as DWSNets'
   `make_coordinates`), pixels in row-major order.

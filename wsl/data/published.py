@@ -23,8 +23,9 @@ check then).
 
 **DWSNets' INR variant** (`DWSNets/nn/inr.py`): 2 -> 32 -> 32 -> 1, `Siren` layers
 sin(30 (x W^T + b)) in layers 0 and 1, `nn.Linear` last layer; sine-layer biases
-initialised to **zero**, W0 ~ U(-1/2, 1/2), W1 ~ U(-sqrt(6/32)/30, +); the last layer
-keeps PyTorch's default init; the output is **`+ 0.5`**; coordinates as
+initialised to **zero**; both sine layers W ~ U(-sqrt(6/in)/30, +) (W0: +-0.058: the
+first-layer init of Sitzmann's SIREN is *not* applied, `is_first` is never set); the last
+layer keeps PyTorch's default init; the output is **`+ 0.5`**; coordinates as
 `wsl.data.inr.coordinates` (x = column). Keys `seq.{0,1,2}.{weight,bias}`, torch layout.
 :func:`dwsnets_inr_apply` evaluates one.
 """
