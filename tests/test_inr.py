@@ -100,8 +100,29 @@ def test_early_stopping_freezes_each_inr_once_it_reaches_the_target_psnr():
         np.testing.assert_array_equal(a, b)
 
 
-def test_inr_set_roundtrip(tmp_path):
-    cfg = smoke_config()
+def test_dwsnets_variant_initialises_as_dwsnets_and_adds_its_offset():
+    c = inr.coordinates(28, 28)
+    m = inr.siren_module(1, variant="dwsnets", offset=0.5)
+    p = m.init(jax.random.key(0), c[:1])["params"]
+    assert float(jnp.abs(p["dense0"]["kernel"]).max()) <= np.sqrt(6 / 2) / 30  # no is_first
+    assert float(jnp.abs(p["dense0"]["kernel"]).max()) > np.sqrt(6 / 2) / 30 * 0.8
+    assert float(jnp.abs(p["dense1"]["kernel"]).max()) <= np.sqrt(6 / 32) / 30
+    for k in ("dense0", "dense1"):
+        np.testing.assert_array_equal(p[k]["bias"], 0.0)
+    last = p["dense2"]
+    assert 0.1 < float(jnp.abs(last["kernel"]).max()) <= 1 / np.sqrt(32)  # torch default
+    assert 0.0 < float(jnp.abs(last["bias"]).max()) <= 1 / np.sqrt(32)
+    plain = inr.siren_module(1, variant="dwsnets")
+    np.testing.assert_allclose(
+        m.apply({"params": p}, c), plain.apply({"params": p}, c) + 0.5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="unknown SIREN variant"):
+        inr.siren_module(1, variant="dws").init(jax.random.key(0), c[:1])
+
+
+@pytest.mark.parametrize("variant,offset", [("sitzmann", 0.0), ("dwsnets", 0.5)])
+def test_inr_set_roundtrip(tmp_path, variant, offset):
+    cfg = smoke_config(siren_variant=variant, output_offset=offset)
     assert inr.generate_inr_set(cfg, tmp_path, log=lambda s: None)
     stats = inr.assemble_inr_set(cfg, tmp_path)
     s = inr.load_inr_set(tmp_path)
@@ -115,9 +136,11 @@ def test_inr_set_roundtrip(tmp_path):
     for i in (0, len(s) - 1):
         img = d.train_x[i] if s.split[i] == 0 else d.test_x[s.image_index[i]]
         target = images.preprocess(img[None], "unit").reshape(784, 1)
-        out = SIREN().apply(s.variables(i), c)
+        out = s.module().apply(s.variables(i), c)  # with the set's output offset
         psnr = float(inr.psnr(jnp.mean(jnp.square(out - target))))
         assert abs(psnr - float(s.psnr[i])) < 0.05
+        if not offset:
+            np.testing.assert_allclose(SIREN().apply(s.variables(i), c), out, atol=1e-6)
     assert (tmp_path / "layout.csv").read_text().startswith(",varname,start_idx")
 
 

@@ -14,7 +14,9 @@ shards, read back as canonical weights.
   pixels / 255, i.e. in [0, 1] (no centring). (DWSNets' INRs differ: no first-layer
   init (both sine layers U(-sqrt(6/in)/30, +)), zero biases in the sine layers,
   `nn.Linear` default init for the last layer, and `+ 0.5` added to the output; see
-  `wsl.data.published`. A set made that way is much easier to classify: issue 5's notes.)
+  `wsl.data.published`. A set made that way is much easier to classify: issue 5's notes.
+  The config keys `siren_variant = "dwsnets"` and `output_offset = 0.5` make sets that way,
+  e.g. `experiments/inr_mnist_dws.py`; `INRSet.module()` then includes the offset.)
 - Coordinates: pixel (row r, column c) of an H x W image is the point
   (x, y) = (linspace(-1, 1, W)[c], linspace(-1, 1, H)[r]) (x = column, as DWSNets'
   `make_coordinates`), pixels in row-major order.
@@ -55,8 +57,22 @@ def coordinates(height: int, width: int) -> jax.Array:
     return jnp.stack([xs.reshape(-1), ys.reshape(-1)], axis=-1)
 
 
-def siren_module(out_features: int = 1, hidden=(32, 32), omega_0: float = 30.0):
-    return subjects.SIREN(hidden=tuple(hidden), out_features=out_features, omega_0=omega_0)
+def siren_module(
+    out_features: int = 1,
+    hidden=(32, 32),
+    omega_0: float = 30.0,
+    variant: str = "sitzmann",
+    offset: float = 0.0,
+):
+    """The flax SIREN of an INR set (`variant`: its initialisation, `offset`: added to the
+    output; see `subjects.SIREN`)."""
+    return subjects.SIREN(
+        hidden=tuple(hidden),
+        out_features=out_features,
+        omega_0=omega_0,
+        variant=variant,
+        offset=float(offset),
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,7 +176,7 @@ def fit_sirens(
     tx = optax.adam(lr)
 
     def loss_fn(p, t):
-        return jnp.mean(jnp.square(siren_apply(p, coords, module.omega_0) - t))
+        return jnp.mean(jnp.square(siren_apply(p, coords, module.omega_0) + module.offset - t))
 
     def one_step(p, o, t):
         loss, g = jax.value_and_grad(loss_fn)(p, t)
@@ -232,7 +248,13 @@ def generate_inr_set(
         i for i in range(n_shards) if i % num_workers == worker and not _shard_path(out, i).exists()
     ]
     h, w, c = tx.shape[1:]
-    module = siren_module(c, tuple(cfg["hidden"]), cfg["omega_0"])
+    module = siren_module(
+        c,
+        tuple(cfg["hidden"]),
+        cfg["omega_0"],
+        cfg.get("siren_variant", "sitzmann"),
+        cfg.get("output_offset", 0.0),
+    )
     coords = coordinates(h, w)
     log(f"worker {worker}/{num_workers}: {len(todo)} of {n_shards} shards to fit")
     bar = tqdm(total=sum(len(rows[i * k : (i + 1) * k]) for i in todo), unit="INR", mininterval=5)
@@ -340,8 +362,14 @@ class INRSet:
     def module(self):
         """The flax SIREN these weights belong to."""
         hidden = tuple(layer.out_features for layer in self.spec.layers[:-1])
-        omega = (self.config or {}).get("config", {}).get("omega_0", 30.0)
-        return siren_module(self.spec.layers[-1].out_features, hidden, omega)
+        cfg = (self.config or {}).get("config", {})
+        return siren_module(
+            self.spec.layers[-1].out_features,
+            hidden,
+            cfg.get("omega_0", 30.0),
+            cfg.get("siren_variant", "sitzmann"),
+            cfg.get("output_offset", 0.0),
+        )
 
 
 def load_inr_set(path) -> INRSet:

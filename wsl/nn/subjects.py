@@ -91,7 +91,8 @@ def siren_init(omega_0: float, first: bool):
 
 
 def torch_bias_init(fan_in: int):
-    """PyTorch nn.Linear's default bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """PyTorch nn.Linear's default bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (also its
+    default weight init: kaiming_uniform with a = sqrt(5) has the same bound)."""
 
     def init(key, shape, dtype=jnp.float32):
         bound = 1.0 / fan_in**0.5
@@ -100,32 +101,47 @@ def torch_bias_init(fan_in: int):
     return init
 
 
+SIREN_VARIANTS = ("sitzmann", "dwsnets")
+
+
 class SIREN(nn.Module):
-    """sin(omega_0 * (W x + b)) hidden layers, linear output (see module docstring)."""
+    """sin(omega_0 * (W x + b)) hidden layers, linear output (see module docstring).
+
+    `variant` sets the initialisation only (the function is the same): "sitzmann" (the
+    module docstring's), or "dwsnets" (AvivNavon/DWSNets nn/inr.py: every sine layer W ~
+    U(-sqrt(6/in)/omega_0, +), first layer included, zero sine-layer biases, the last layer
+    PyTorch's nn.Linear default U(-1/sqrt(in), 1/sqrt(in)) for W and b). `offset` is added
+    to the output (DWSNets: 0.5)."""
 
     hidden: Sequence[int] = (32, 32)
     out_features: int = 1
     omega_0: float = 30.0
     in_features: int = 2
+    variant: str = "sitzmann"
+    offset: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        if self.variant not in SIREN_VARIANTS:
+            raise ValueError(f"unknown SIREN variant {self.variant!r}; choose {SIREN_VARIANTS}")
+        dws = self.variant == "dwsnets"
         fan_in = self.in_features
         for i, h in enumerate(self.hidden):
             x = nn.Dense(
                 h,
                 name=f"dense{i}",
-                kernel_init=siren_init(self.omega_0, i == 0),
-                bias_init=torch_bias_init(fan_in),
+                kernel_init=siren_init(self.omega_0, i == 0 and not dws),
+                bias_init=nn.initializers.zeros if dws else torch_bias_init(fan_in),
             )(x)
             x = jnp.sin(self.omega_0 * x)
             fan_in = h
-        return nn.Dense(
+        out = nn.Dense(
             self.out_features,
             name=f"dense{len(self.hidden)}",
-            kernel_init=siren_init(self.omega_0, False),
+            kernel_init=torch_bias_init(fan_in) if dws else siren_init(self.omega_0, False),
             bias_init=torch_bias_init(fan_in),
         )(x)
+        return out + self.offset if self.offset else out
 
 
 class MLP(nn.Module):
