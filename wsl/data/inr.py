@@ -75,6 +75,18 @@ def siren_module(
     )
 
 
+def siren_from_config(cfg: Mapping, out_features: int):
+    """`siren_module` of an INR-set config (`hidden`, `omega_0`, `siren_variant`,
+    `output_offset`; the last two default to Sitzmann's SIREN without offset)."""
+    return siren_module(
+        out_features,
+        tuple(cfg.get("hidden", (32, 32))),
+        cfg.get("omega_0", 30.0),
+        cfg.get("siren_variant", "sitzmann"),
+        cfg.get("output_offset", 0.0),
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def siren_spec(out_features: int = 1, hidden=(32, 32), omega_0: float = 30.0) -> wspec.NetSpec:
     module = siren_module(out_features, hidden, omega_0)
@@ -248,13 +260,7 @@ def generate_inr_set(
         i for i in range(n_shards) if i % num_workers == worker and not _shard_path(out, i).exists()
     ]
     h, w, c = tx.shape[1:]
-    module = siren_module(
-        c,
-        tuple(cfg["hidden"]),
-        cfg["omega_0"],
-        cfg.get("siren_variant", "sitzmann"),
-        cfg.get("output_offset", 0.0),
-    )
+    module = siren_from_config(cfg, c)
     coords = coordinates(h, w)
     log(f"worker {worker}/{num_workers}: {len(todo)} of {n_shards} shards to fit")
     bar = tqdm(total=sum(len(rows[i * k : (i + 1) * k]) for i in todo), unit="INR", mininterval=5)
@@ -362,14 +368,8 @@ class INRSet:
     def module(self):
         """The flax SIREN these weights belong to."""
         hidden = tuple(layer.out_features for layer in self.spec.layers[:-1])
-        cfg = (self.config or {}).get("config", {})
-        return siren_module(
-            self.spec.layers[-1].out_features,
-            hidden,
-            cfg.get("omega_0", 30.0),
-            cfg.get("siren_variant", "sitzmann"),
-            cfg.get("output_offset", 0.0),
-        )
+        cfg = {**(self.config or {}).get("config", {}), "hidden": hidden}
+        return siren_from_config(cfg, self.spec.layers[-1].out_features)
 
 
 def load_inr_set(path) -> INRSet:

@@ -670,9 +670,13 @@ class Phases:
         """(num_blocks,) bool: the blocks added by `step`."""
         return jnp.arange(self.num_blocks) < (self.phase(step) + 1) * self.per_phase
 
+    def position(self, step):
+        """Steps since the start of `step`'s phase."""
+        return step - self.phase(step) * self.steps
+
     def warming(self, step):
         """True in the first `recon` steps of a phase: reconstruction only, full width."""
-        return step - self.phase(step) * self.steps < self.recon
+        return self.position(step) < self.recon
 
     def starts(self, step):
         """(src, new): at the first step of a phase, the blocks it adds (`new`) and the
@@ -694,7 +698,7 @@ class Phases:
         recon_lr = lr if recon_lr is None else recon_lr
 
         def schedule(count):
-            pos = jnp.where(count < last, count % self.steps, count - last) - self.recon
+            pos = self.position(count) - self.recon
             length = jnp.where(count < last, self.steps, self.steps + self.final) - self.recon
             w = min(warmup, (self.steps - self.recon) // 2)
             up = lr * (pos + 1) / max(w, 1)
