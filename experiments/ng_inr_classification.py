@@ -1,13 +1,14 @@
 """Neural graphs (Kofinas et al. 2024), INR classification: which digit / garment does a
 SIREN represent, read from its weights alone (wsl.methods.predict, cross-entropy).
 
-Data: our SIREN sets (scripts/fit_inrs.py with experiments/inr_mnist.py /
-inr_fashion_mnist.py: one 2-32-32-1 SIREN per image, variant in wsl/data/inr.py); the
-INRs of training images are split 90 / 10 into train / val, those of test images are the
-test set. The DWSNets INR sets cannot be reached here.
+Data: our SIREN sets, one 2-32-32-1 SIREN per image (scripts/fit_inrs.py): by default the
+set made as the DWSNets sets were (experiments/inr_mnist_dws.py / inr_fashion_mnist_dws.py;
+the papers report on those), or with Sitzmann's SIREN (`--config.data.path=inrs/mnist`,
+experiments/inr_mnist.py). The INRs of training images are split 90 / 10 into train / val,
+those of test images are the test set. The DWSNets INR sets cannot be reached here.
 
 Encoder: `--config.encoder.name=` MLP, StatNN, DeepSets, NG-GNN, NG-T or SNE (kwargs from
-`encoders.<name>`); data: `--config.data.path=inrs/fashion_mnist`. Training augmentations
+`encoders.<name>`); data: `--config.data.path=inrs/fashion_mnist_dws`. Training augmentations
 as in the paper: a random hidden-neuron permutation per network, weight noise, dropout.
 
 smoke: 3,000 training INRs, 400 steps (minutes on a 2-core CPU).
@@ -31,7 +32,7 @@ def get_config(variant: str = "smoke"):
     c = _base.get_config(variant)
     small, paper = variant == "smoke", variant == "paper"
     c.data.kind = "inr_set"
-    c.data.path = "inrs/mnist"
+    c.data.path = "inrs/mnist_dws"
     c.data.split = (0.9, 0.1, 0.0)  # train INRs -> train / val; test INRs are the test set
     c.data.max_networks = 3000 if small else 0
     c.inputs.k_max = 1  # dense layers only

@@ -5,7 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export WSL_DATA_DIR="${WSL_DATA_DIR:-$(cd .. && pwd)/shared/data}"
-mkdir -p zoos/mnist zoos/fashion_mnist zoos/hetero inrs/mnist inrs/fashion_mnist
+mkdir -p zoos/mnist zoos/fashion_mnist zoos/hetero inrs/mnist inrs/fashion_mnist \
+  inrs/mnist_dws inrs/fashion_mnist_dws
 step() {  # step NAME SCRIPT CONFIG OUT
   if [ -f "$4/weights.npy" ] && [ -f "$4/config.json" ]; then echo "$1: done"; return; fi
   echo "$1: start $(date -u +%FT%TZ)"
@@ -17,3 +18,5 @@ step zoo_mnist make_zoo.py experiments/zoo_mnist.py:cpu zoos/mnist
 step inr_fashion_mnist fit_inrs.py experiments/inr_fashion_mnist.py:cpu inrs/fashion_mnist
 step zoo_fashion_mnist make_zoo.py experiments/zoo_fashion_mnist.py:cpu zoos/fashion_mnist
 step zoo_hetero make_zoo.py experiments/zoo_hetero.py:cpu zoos/hetero
+step inr_mnist_dws fit_inrs.py experiments/inr_mnist_dws.py:cpu inrs/mnist_dws
+step inr_fashion_mnist_dws fit_inrs.py experiments/inr_fashion_mnist_dws.py:cpu inrs/fashion_mnist_dws

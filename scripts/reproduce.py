@@ -180,15 +180,26 @@ TABLES["metamorph_resnet"] = Table(
 # data set with wsl.methods.predict; runs live in runs/predict/<table config>/<dataset>/
 # <encoder>/..., so the SNE tables reuse the neural-graph tables' baseline runs.
 ZOOS = (("MNIST", "zoos/mnist"), ("Fashion-MNIST", "zoos/fashion_mnist"))
-INRS = (("MNIST", "inrs/mnist"), ("Fashion-MNIST", "inrs/fashion_mnist"))
+# INR sets as (label, path, run folder): made as the DWSNets sets were (the papers' numbers
+# are on those; experiments/inr_*_dws.py) and with Sitzmann's SIREN (inr_mnist.py)
+INRS = (
+    ("MNIST", "inrs/mnist_dws", "MNIST-dws"),
+    ("Fashion-MNIST", "inrs/fashion_mnist_dws", "Fashion-MNIST-dws"),
+)
+INRS_SITZMANN = (
+    ("MNIST-Sitzmann", "inrs/mnist", "MNIST"),
+    ("Fashion-MNIST-Sitzmann", "inrs/fashion_mnist", "Fashion-MNIST"),
+)
 BASELINES = ("MLP", "StatNN", "DeepSets")
 SEEDS = (0, 1, 2)
 
 
-def _predict_run(encoder, dataset, path, config, metric, extra=(), tag="", seeds=SEEDS):
+def _predict_run(encoder, dataset, path, config, metric, extra=(), tag="", seeds=SEEDS, subdir=""):
+    """One encoder on one data set; its runs live in runs/predict/<config stem>/<subdir or
+    dataset>/<encoder><tag>, shared by every table that names the same run."""
     stem = pathlib.Path(config).stem
     overrides = (f"encoder.name={encoder}", f"data.path={path}", *extra)
-    folder = f"predict/{stem}/{dataset.replace('->', '_to_')}/{encoder}{tag}"
+    folder = f"predict/{stem}/{subdir or dataset.replace('->', '_to_')}/{encoder}{tag}"
     method = encoder + tag
     return Run(method, dataset, config, metric, overrides, seeds, folder)
 
@@ -205,10 +216,14 @@ TABLES["ng_cnn_generalization"] = Table(
 )
 TABLES["ng_inr_classification"] = Table(
     title="Neural graphs (Kofinas et al. 2024), INR classification: test accuracy of "
-    "classifying our SIREN sets' INRs by the image's class. Paper: NG-GNN on the DWSNets sets",
+    "classifying our SIREN sets' INRs by the image's class. MNIST / Fashion-MNIST: our sets "
+    "made as the DWSNets sets were (DWSNets' SIREN, output offset 0.5, Adam 5e-4, <= 1,000 "
+    "steps); *-Sitzmann: Sitzmann's SIREN fitted to ~85 dB. Paper: NG-GNN on the DWSNets sets",
     runs=tuple(
-        _predict_run(enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy")
-        for ds, path in INRS
+        _predict_run(
+            enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy", subdir=sub
+        )
+        for ds, path, sub in INRS + INRS_SITZMANN
         for enc in (*BASELINES, "NG-GNN", "NG-T")
     ),
     paper=(
@@ -226,12 +241,15 @@ TABLES["sne_cnn"] = Table(
     ),
 )
 TABLES["sne_inr"] = Table(
-    title="SNE (Andreis et al. 2024): INR classification accuracy on our SIREN sets, beside "
-    "the neural-graph table's encoders (same runs, trained with random hidden-neuron "
-    "permutations as augmentation, which SNE is not invariant to; SNE-noperm: without them)",
+    title="SNE (Andreis et al. 2024): INR classification accuracy on our DWSNets-style SIREN "
+    "sets, beside the neural-graph table's encoders (same runs, trained with random "
+    "hidden-neuron permutations as augmentation, which SNE is not invariant to; SNE-noperm: "
+    "without them)",
     runs=tuple(
-        _predict_run(enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy")
-        for ds, path in INRS
+        _predict_run(
+            enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy", subdir=sub
+        )
+        for ds, path, sub in INRS
         for enc in ("SNE", *BASELINES, "NG-GNN")
     )
     + tuple(
@@ -243,8 +261,9 @@ TABLES["sne_inr"] = Table(
             "test_accuracy",
             ("augment.permute=False",),
             "-noperm",
+            subdir=sub,
         )
-        for ds, path in INRS
+        for ds, path, sub in INRS
     ),
 )
 TABLES["sne_transfer"] = Table(

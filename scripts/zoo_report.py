@@ -19,7 +19,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reproduce  # noqa: E402  (commit, machine, now)
 
 ROOT = reproduce.ROOT
-FOLDERS = ("zoos/mnist", "zoos/fashion_mnist", "zoos/hetero", "inrs/mnist", "inrs/fashion_mnist")
+FOLDERS = (
+    "zoos/mnist",
+    "zoos/fashion_mnist",
+    "zoos/hetero",
+    "inrs/mnist",
+    "inrs/fashion_mnist",
+    "inrs/mnist_dws",
+    "inrs/fashion_mnist_dws",
+)
 
 
 def summarise(folder: pathlib.Path) -> dict | None:
