@@ -51,8 +51,11 @@ def summarise(folder: pathlib.Path) -> dict | None:
         p = np.asarray(s.psnr, np.float64)
         row |= {
             "n": len(s),
-            "recipe": f"SIREN {cfg['hidden']}, omega_0 {cfg['omega_0']}, {cfg['steps']} Adam "
-            f"steps (lr {cfg['learning_rate']}), full batch",
+            "recipe": f"SIREN {cfg['hidden']} ({cfg.get('siren_variant', 'sitzmann')} init, "
+            f"output offset {cfg.get('output_offset', 0.0)}), omega_0 {cfg['omega_0']}, "
+            f"{cfg['steps']} Adam steps (lr {cfg['learning_rate']})"
+            + (f", early stop at {cfg['target_psnr']} dB" if cfg.get("target_psnr") else "")
+            + ", full batch",
             "psnr_mean": float(p.mean()),
             "psnr_min": float(p.min()),
             "psnr_median": float(np.median(p)),
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
         f"- {record['note']}",
         "- wall time: as the generator records it, summed over the runs that reached the "
         "end; a run killed earlier is not counted, though the shards it wrote are kept "
-        "(inrs/mnist and inrs/fashion_mnist were finished by a second run, so they took longer)",
+        "(inrs/mnist, inrs/fashion_mnist and inrs/mnist_dws were finished by a second run, so "
+        "they took longer)",
         f"- commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} CPUs",
     ]
     out = pathlib.Path(args.out)
