@@ -2,8 +2,8 @@
 nn/inr.py): `inr_mnist.py` with DWSNets' SIREN variant (no first-layer init, zero
 sine-layer biases, PyTorch-default last layer, output + 0.5), Adam 5e-4 for up to 1,000
 steps, early stopping at 40 dB PSNR. The neural-graph papers' INR numbers are on sets made
-this way; a set made nearly so was much easier to classify than our Sitzmann-style one
-(issue 5's notes).
+this way (by their account; our INRs made so reach only ~21-24 dB, and a third party's
+reproduction was harder to classify than the published set: DWSNets issue #6).
 
     python scripts/fit_inrs.py --config=experiments/inr_mnist_dws.py:cpu --out=inrs/mnist_dws
 """

@@ -14,7 +14,8 @@ shards, read back as canonical weights.
   pixels / 255, i.e. in [0, 1] (no centring). (DWSNets' INRs differ: no first-layer
   init (both sine layers U(-sqrt(6/in)/30, +)), zero biases in the sine layers,
   `nn.Linear` default init for the last layer, and `+ 0.5` added to the output; see
-  `wsl.data.published`. A set made that way is much easier to classify: issue 5's notes.
+  `wsl.data.published`. Made that way our INRs reach only ~21-24 dB; StatNN classifies
+  them better than the Sitzmann-style ones, NG-GNN at smoke budget no better: issue 5.
   The config keys `siren_variant = "dwsnets"` and `output_offset = 0.5` make sets that way,
   e.g. `experiments/inr_mnist_dws.py`; `INRSet.module()` then includes the offset.)
 - Coordinates: pixel (row r, column c) of an H x W image is the point
