@@ -395,14 +395,25 @@ def run_seed(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> dict:
 
 
 def reproduce(
-    name: str, variant: str, runs_dir, results_dir, argv=None, datasets=None, methods=None
+    name: str,
+    variant: str,
+    runs_dir,
+    results_dir,
+    argv=None,
+    datasets=None,
+    methods=None,
+    merge=False,
 ) -> dict:
     """Run table `name` and write results_dir/NAME.{json,md,png}; returns the JSON record.
     `datasets` / `methods`: only the rows of these datasets (e.g. the ones whose zoo
-    exists) / methods (e.g. the long run of a table first)."""
+    exists) / methods (e.g. the long run of a table first). `merge`: keep the rows of the
+    (method, dataset) pairs not run now from the existing results_dir/NAME.json (same
+    variant), with their command, commit, date and machine under "merged_from"."""
     import numpy as np
 
     table = TABLES[name]
+    results_dir = pathlib.Path(results_dir)
+    previous = load_previous(results_dir / f"{name}.json", variant) if merge else None
     runs = [
         r
         for r in table.runs
@@ -437,6 +448,9 @@ def reproduce(
             }
         )
     argv = sys.argv[1:] if argv is None else argv
+    merged_from = []
+    if previous is not None:
+        rows, merged_from = merge_rows(table, rows, previous)
     record = {
         "table": name,
         "variant": variant,
@@ -447,8 +461,8 @@ def reproduce(
         "date": now(),
         "machine": machine(),
         "wall_s": float(sum(walls.values())),
+        **({"merged_from": merged_from} if merged_from else {}),
     }
-    results_dir = pathlib.Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     (results_dir / f"{name}.md").write_text(markdown(record, table.title, errors))
@@ -456,6 +470,38 @@ def reproduce(
     if errors:
         raise RuntimeError("some runs failed:\n  " + "\n  ".join(errors))
     return record
+
+
+def load_previous(path: pathlib.Path, variant: str) -> dict:
+    """The table's existing record, for --merge: it must exist and be of `variant`."""
+    if not path.exists():
+        raise RuntimeError(f"--merge: {path} does not exist; run the table without --merge")
+    record = json.loads(path.read_text())
+    if record.get("variant") != variant:
+        raise RuntimeError(
+            f"--merge: {path} holds the {record.get('variant')!r} variant, not {variant!r}; "
+            "merge only rows of one variant"
+        )
+    return record
+
+
+def merge_rows(table: Table, rows: list, previous: dict) -> tuple[list, list]:
+    """(rows, merged_from): the new rows plus the previous record's rows of the
+    (method, dataset) pairs not run now, in the table's order; merged_from lists where the
+    kept rows came from (the previous record's own command, or what it had merged)."""
+    done = {(r["method"], r["dataset"]) for r in rows}
+    kept = [r for r in previous["rows"] if (r["method"], r["dataset"]) not in done]
+    order = {(r.method, r.dataset, r.metric): i for i, r in enumerate(table.runs)}
+    merged = sorted(
+        rows + kept, key=lambda r: order.get((r["method"], r["dataset"], r["metric"]), len(order))
+    )
+    pairs = {f"{r['method']}/{r['dataset']}" for r in kept}
+    earlier = previous.get("merged_from", [])
+    own = pairs - {p for src in earlier for p in src["rows"]}
+    fields = ("command", "commit", "date", "machine", "wall_s")
+    sources = [{k: previous[k] for k in fields} | {"rows": sorted(own)}]
+    sources += [src | {"rows": sorted(pairs & set(src["rows"]))} for src in earlier]
+    return merged, [s for s in sources if s["rows"]]
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -497,6 +543,12 @@ def markdown(record: dict, title: str = "", errors=()) -> str:
         f"{', '.join(m['jax_devices'])}",
         f"- wall time of the runs: {record['wall_s']:.0f} s",
     ]
+    for src in record.get("merged_from", []):
+        lines.append(
+            f"- rows {', '.join(src['rows'])} merged from: `{src['command']}`, commit "
+            f"`{src['commit']}`, {src['date']}, {src['machine']['platform']}, "
+            f"{src['machine']['cpu_count']} CPUs, runs {src['wall_s']:.0f} s"
+        )
     lines += [f"- FAILED: {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
@@ -603,6 +655,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--methods", default="", help="comma-separated: only these methods' rows; default all"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows not run now from the table's existing results JSON (same "
+        "variant; their command and commit are recorded beside them), e.g. to add one "
+        "method's long run to a table whose other runs are gone",
+    )
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
@@ -624,6 +683,7 @@ def main(argv=None) -> int:
                 sys.argv[1:] if argv is None else argv,
                 datasets=set(args.datasets.split(",")) if args.datasets else None,
                 methods=set(args.methods.split(",")) if args.methods else None,
+                merge=args.merge,
             )
             for row in record["rows"]:
                 print(

@@ -114,3 +114,57 @@ def test_classify_mnist_is_registered(reproduce):
         "--workdir=/w",
         "--config.seed=1",
     ]
+
+
+def _fake_runs(root: Path, table: str, values: dict) -> None:
+    """Finished runs (results.json) so reproduce collects them without training."""
+    for (method, dataset), value in values.items():
+        seed = root / table / f"{method}-{dataset}" / "smoke" / "seed0"
+        seed.mkdir(parents=True, exist_ok=True)
+        (seed / "results.json").write_text(json.dumps({"acc": value, "loss": 1 - value}))
+
+
+def test_merge_keeps_rows_not_run_with_their_provenance(tmp_path, reproduce):
+    runs = tuple(
+        reproduce.Run(m, d, "experiments/none.py", metric, seeds=(0,))
+        for m in ("A", "B")
+        for d in ("X", "Y")
+        for metric in ("acc", "loss")
+    )
+    reproduce.TABLES["merged"] = reproduce.Table(runs=runs)
+    dirs = ["--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    _fake_runs(tmp_path / "runs", "merged", {("A", "X"): 0.5, ("A", "Y"): 0.6, ("B", "X"): 0.7})
+    assert reproduce.main(["--table", "merged", "--methods", "A", *dirs]) == 0
+    first = json.loads((tmp_path / "results" / "merged.json").read_text())
+    assert [r["method"] for r in first["rows"]] == ["A"] * 4 and "merged_from" not in first
+
+    # --merge without a previous record, or of another variant: one clear error
+    args = ["--table", "merged", "--methods", "B", "--datasets", "X", "--merge"]
+    assert reproduce.main([*args, "--runs_dir", "r", "--results_dir", str(tmp_path)]) == 1
+    assert reproduce.main([*args, "--variant", "cpu", *dirs]) == 1
+
+    # B/X now, merged: A's rows kept (same values), in the table's order, with A's command
+    assert reproduce.main([*args, *dirs]) == 0
+    second = json.loads((tmp_path / "results" / "merged.json").read_text())
+    got = [(r["method"], r["dataset"], r["metric"], r["mean"]) for r in second["rows"]]
+    assert got == [
+        ("A", "X", "acc", 0.5),
+        ("A", "X", "loss", 0.5),
+        ("A", "Y", "acc", 0.6),
+        ("A", "Y", "loss", pytest.approx(0.4)),
+        ("B", "X", "acc", 0.7),
+        ("B", "X", "loss", pytest.approx(0.3)),
+    ]
+    (src,) = second["merged_from"]
+    assert src["rows"] == ["A/X", "A/Y"] and src["command"] == first["command"]
+    assert src["commit"] == first["commit"] and "B/X" not in src["rows"]
+    md = (tmp_path / "results" / "merged.md").read_text()
+    assert f"rows A/X, A/Y merged from: `{first['command']}`" in md
+
+    # merging again (A/X re-run) keeps the first provenance for A/Y only, B/X from the second
+    assert reproduce.main(["--table", "merged", "--methods", "A", "--datasets", "X",
+                           "--merge", *dirs]) == 0  # fmt: skip
+    third = json.loads((tmp_path / "results" / "merged.json").read_text())
+    assert [s["rows"] for s in third["merged_from"]] == [["B/X"], ["A/Y"]]
+    assert third["merged_from"][1]["command"] == first["command"]
+    assert len(third["rows"]) == 6
