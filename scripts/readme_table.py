@@ -49,7 +49,7 @@ def _fmt(x: float | None) -> str:
 def rows(name: str, record: dict) -> list[str]:
     """README rows of one table: one per headline metric and dataset, | table (variant) |
     command | dataset, metric | ours per method | paper per method |; the table's name
-    and command on its first row only."""
+    and command (with the commands of rows merged from earlier runs) on its first row."""
     paper = {(p["method"], p["dataset"], p["metric"]): p["value"] for p in record["paper"]}
     groups: dict[tuple[str, str], list[dict]] = {}
     for metric in HEADLINES.get(name, ()):
@@ -66,7 +66,8 @@ def rows(name: str, record: dict) -> list[str]:
         )
         first = not out
         table = f"[{name}](results/{name}.md) ({record['variant']})" if first else ""
-        command = f"`{record['command']}`" if first else ""
+        commands = [record["command"]] + [m["command"] for m in record.get("merged_from", [])]
+        command = " + ".join(f"`{c}`" for c in commands) if first else ""
         out.append(f"| {table} | {command} | {dataset}, {metric} | {ours} | {theirs or '-'} |")
     return out or [f"| {name} ({record['variant']}) | `{record['command']}` | no rows | | |"]
 

@@ -30,6 +30,10 @@ def test_block_reads_results_and_paper_values(tmp_path):
     assert line.endswith("| MNIST, test_accuracy | NG-GNN 0.500 | NG-GNN 0.914 |")
     assert "test_loss" not in text and "Fashion" not in text  # not a headline / not run
     assert "| canon_mnist | `python scripts/reproduce.py --table canon_mnist` | not run" in text
+    record["merged_from"] = [{"command": "python scripts/reproduce.py --methods MLP"}]
+    (tmp_path / "ng_inr_classification.json").write_text(json.dumps(record))
+    text = rt.block(tmp_path)  # rows merged from another run: both commands
+    assert "--table ng_inr_classification` + `python scripts/reproduce.py --methods MLP` |" in text
     zoos = {
         "rows": [
             {"folder": "zoos/mnist", "kind": "small_cnn", "n": 2000, "wall_s": 600.0,
