@@ -102,9 +102,10 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     # outputs (exact; metamorph.cache_prefix): a step then runs 1 of ResNet20's 9 blocks
     c.cache_prefix = True
     # recon_normalize: the weighted regression divided by its value at W = 0 (ours; the
-    # reference's raw value on folded weights is ~1e-3 and fitted slower here)
+    # reference's raw value on folded weights is ~1e-3 and fitted slower here);
+    # recon_weighting: neumeta (|W*| / max|W*| per entry, the reference's) or uniform
     c.loss = ml_collections.ConfigDict(
-        {"ce": 1.0, "recon": 1.0, "l2": 1e-4, "recon_normalize": True}
+        {"ce": 1.0, "recon": 1.0, "l2": 1e-4, "recon_normalize": True, "recon_weighting": "neumeta"}
     )
     c.widths = ml_collections.ConfigDict(
         {
@@ -270,7 +271,13 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 "norm": 64.0,
             },
             "noise": 1.0,
-            "loss": {"ce": 1.0, "recon": 1.0, "l2": 1e-4, "recon_normalize": True},
+            "loss": {
+                "ce": 1.0,
+                "recon": 1.0,
+                "l2": 1e-4,
+                "recon_normalize": True,
+                "recon_weighting": "neumeta",
+            },
             "widths": {
                 "train_max_compression": 0.5,
                 "full_prob": 0.25,

@@ -253,6 +253,12 @@ def test_normalised_recon_is_one_at_zero_and_scale_free():
         [np.mean(np.abs(t[0][r]) / np.abs(t[0][r]).max() * (g[0][r] - t[0][r]) ** 2) for r in t[0]]
     )
     np.testing.assert_allclose(raw, expect, rtol=1e-4)
+    # uniform weighting, normalised: the mean over arrays of ||g - t||^2 / ||t||^2
+    uniform = metamorph.recon_loss(g, t, True, "uniform")
+    expect = np.mean([np.sum((g[0][r] - t[0][r]) ** 2) / np.sum(t[0][r] ** 2) for r in t[0]])
+    np.testing.assert_allclose(uniform, expect, rtol=1e-4)
+    with pytest.raises(loop.UserError, match="unknown loss.recon_weighting 'nope'"):
+        metamorph.recon_loss(g, t, True, "nope")
 
 
 def test_individual_block_trains_only_the_generated_layers_inside_the_width():

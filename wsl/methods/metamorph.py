@@ -13,7 +13,8 @@ and train an INR (`wsl.nn.hyper`) to generate some of its conv layers at any wid
             (the reference's weighted regression loss; with `loss.recon_normalize`, ours,
             each array's term divided by its value at W = 0, so the loss is scale-free: the
             raw value is ~1e-3 on folded weights; normalised, a reconstruction-only fit
-            reached relative error 0.73 instead of 0.89 in 1,000 steps here);
+            reached relative error 0.73 instead of 0.89 in 1,000 steps here;
+            `loss.recon_weighting` "uniform", ours: every entry weighted alike);
     warm-up (ours, `train.recon_steps` > 0): that many reconstruction-only steps at full
     width first, at `train.recon_learning_rate`, then the joint loss on `optimizer`'s
     schedule restarted from 0 (`neumeta_learning_rate`). Trained with the CE from a random
@@ -242,26 +243,41 @@ def insert(subject: Subject, generated: tuple) -> tuple:
     return tuple(weights)
 
 
-def _weighted_sq(g, t, normalize: bool) -> jax.Array:
-    """NeuMeta's weighted regression of one array: mean(|t|/max|t| * (g - t)^2); with
-    `normalize`, divided by mean(|t|/max|t| * t^2) (scale-free: 1 for g = 0)."""
-    w = jnp.abs(t) + 1e-6
+RECON_WEIGHTINGS = ("neumeta", "uniform")
+
+
+def _weighted_sq(g, t, normalize: bool, weighting: str = "neumeta") -> jax.Array:
+    """NeuMeta's weighted regression of one array: mean(|t|/max|t| * (g - t)^2) (weighting
+    "uniform": the plain mean squared error, every entry counted alike); with `normalize`,
+    divided by its value at g = 0 (scale-free: 1 for g = 0)."""
+    if weighting not in RECON_WEIGHTINGS:
+        raise loop.UserError(
+            f"unknown loss.recon_weighting {weighting!r}; choose one of {RECON_WEIGHTINGS}"
+        )
+    w = jnp.abs(t) + 1e-6 if weighting == "neumeta" else jnp.ones_like(t)
     w = w / jnp.max(w)
     err = jnp.mean(w * (g - t) ** 2)
     return err / jnp.mean(w * t**2) if normalize else err
 
 
-def recon_loss(generated: tuple, targets: tuple, normalize: bool = False) -> jax.Array:
+def recon_loss(
+    generated: tuple, targets: tuple, normalize: bool = False, weighting: str = "neumeta"
+) -> jax.Array:
     """NeuMeta's weighted regression, the mean over arrays of `_weighted_sq`."""
     return jnp.mean(
         jnp.stack(
             [
-                _weighted_sq(g[r], t[r], normalize)
+                _weighted_sq(g[r], t[r], normalize, weighting)
                 for g, t in zip(generated, targets, strict=True)
                 for r in g
             ]
         )
     )
+
+
+def _recon_options(loss_config) -> tuple[bool, str]:
+    """(normalize, weighting) of `config.loss` (defaults: raw, NeuMeta's weighting)."""
+    return loss_config.get("recon_normalize", False), loss_config.get("recon_weighting", "neumeta")
 
 
 def relative_error(generated: tuple, targets: tuple) -> float:
@@ -415,9 +431,7 @@ def make_neumeta_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) 
 
         def loss_fn(params):
             gen = hyper.generate(inr, params, plan, shape, k_noise, config.noise, config.inr.norm)
-            recon = jnp.where(
-                is_full, recon_loss(gen, targets, c.get("recon_normalize", False)), 0.0
-            )
+            recon = jnp.where(is_full, recon_loss(gen, targets, *_recon_options(c)), 0.0)
             l2 = sum(jnp.sqrt(jnp.sum(a[r] ** 2)) for a in gen for r in a)
 
             # the network runs in warm-up steps too (its CE is then ignored): a conv inside
@@ -485,7 +499,7 @@ def evaluate_neumeta(subject: Subject, inr, params, test, config) -> dict:
     gen, _ = generate_at(subject, inr, params, 0.0, key, 1, 0.0, config.inr.norm)
     targets = tuple(subject.weights[i] for i in subject.plan.layers)
     out["recon_rel_error"] = relative_error(gen, targets)
-    out["recon_loss"] = float(recon_loss(gen, targets, config.loss.get("recon_normalize", False)))
+    out["recon_loss"] = float(recon_loss(gen, targets, *_recon_options(config.loss)))
     out["acc_full_noiseless"] = accuracy(
         subject.module, subject.spec, insert(subject, gen), x, y, start=subject.start
     )
@@ -619,11 +633,11 @@ def htty_weights(subject: Subject, lay: HTTYLayout, params, gen, active, keep, h
     return weights, tuple(effective)
 
 
-def _per_layer_recon(generated, targets, normalize: bool = False) -> jax.Array:
+def _per_layer_recon(generated, targets, normalize: bool = False, weighting="neumeta"):
     """(num_generated,) NeuMeta's weighted regression per layer (mean over its arrays)."""
     return jnp.stack(
         [
-            jnp.mean(jnp.stack([_weighted_sq(g[r], t[r], normalize) for r in g]))
+            jnp.mean(jnp.stack([_weighted_sq(g[r], t[r], normalize, weighting) for r in g]))
             for g, t in zip(generated, targets, strict=True)
         ]
     )
@@ -761,7 +775,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     full_depth = full_depth[0] if full_depth else 0
     train_x, train_y = data["train"]
     c = config.loss
-    norm_recon = c.get("recon_normalize", False)
+    recon_options = _recon_options(c)
 
     def init(key):
         pkey, skey = jax.random.split(key)
@@ -795,7 +809,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
                 inr, params["inr"], plan, shape, k_noise, config.noise, config.inr.norm
             )
             weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], h)
-            recon = jnp.sum(active * _per_layer_recon(eff, targets, norm_recon)) / n_active
+            recon = jnp.sum(active * _per_layer_recon(eff, targets, *recon_options)) / n_active
             recon = jnp.where(is_full, recon, 0.0)
             l2 = sum(
                 jnp.where(active[j], jnp.sqrt(jnp.sum(a[r] ** 2)), 0.0)
@@ -892,7 +906,7 @@ def evaluate_htty(subject: Subject, lay, generator, params, blocks_on, test, con
         subject.weights[i] for i, a_on in zip(subject.plan.layers, on, strict=True) if a_on
     )
     out["recon_rel_error"] = relative_error(gen, targets)
-    out["recon_loss"] = float(recon_loss(gen, targets, config.loss.get("recon_normalize", False)))
+    out["recon_loss"] = float(recon_loss(gen, targets, *_recon_options(config.loss)))
     out["acc_full_noiseless"] = accuracy(subject.module, subject.spec, weights, x, y)
     out["blocks_added"] = int(np.sum(np.asarray(blocks_on)))
     return out
