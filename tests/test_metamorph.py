@@ -484,3 +484,34 @@ def test_unseen_depth_and_width_are_deterministic_and_depth_drops_blocks_exactly
     np.testing.assert_allclose(run(m14, s14, a), run(m8, s8, w8), rtol=1e-4, atol=1e-5)
     ids, num, keep = metamorph.depth_config(sub, 8)
     assert num == 8 and int(keep.sum()) == 8 and sorted(ids[ids >= 0].tolist()) == list(range(1, 7))
+
+
+def test_generating_only_the_added_blocks_gives_the_same_steps_as_generating_all():
+    sub, c, inr = _htty(8, per_phase=1, steps=3, final=1)
+    c.noise = 0.0  # noise draws depend on how many queries are generated
+    c.train.recon_steps, c.train.recon_learning_rate = 1, 1e-2
+    phases = metamorph.make_phases(sub, c)
+    assert metamorph.generation_buckets(phases, 3) == (1, 2, 3)
+    assert metamorph.generation_buckets(phases, 2) == (2, 3)
+    assert metamorph.generation_buckets(phases, 1) == (3,)
+    runs = {}
+    for buckets in (1, 3):
+        c.train.generate_buckets = buckets
+        tx = metamorph.make_htty_optimizer(sub, c)
+        task = metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
+        state, step = task.init(jax.random.key(0)), jax.jit(task.train_step)
+        logs = []
+        for i in range(phases.num_steps):
+            state, m = step(state, task.batch(i), jax.random.key(i))
+            state = state.replace(step=state.step + 1)
+            logs.append(m)
+        runs[buckets] = (state, logs)
+    (a, la), (b, lb) = runs[1], runs[3]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
+    for i, (m, n) in enumerate(zip(la, lb, strict=True)):
+        np.testing.assert_allclose(m["loss"], n["loss"], rtol=1e-4)
+        warm = bool(phases.warming(i))
+        assert np.isnan(float(m["ce"])) == warm  # reconstruction-only: the net is not run
+        if not warm:
+            np.testing.assert_allclose(m["ce"], n["ce"], rtol=1e-4)

@@ -733,6 +733,17 @@ def make_phases(subject: Subject, config) -> Phases:
     return Phases(len(subject.blocks), p.blocks_per_phase, p.steps_per_phase, p.final_steps, recon)
 
 
+def generation_buckets(phases: Phases, buckets: int) -> tuple[int, ...]:
+    """The numbers of blocks a training step generates (ours, `htty.train.generate_buckets`):
+    the blocks are cut into `buckets` equal runs (ResNet56, 3: one stage each) and a step
+    generates the runs up to the last added block, so the stage-1 phases do not pay for
+    generating stage 3 (whose blocks have 16x the queries). One compiled branch per count;
+    1 generates all blocks on every step."""
+    size = -(-phases.num_blocks // max(int(buckets), 1))
+    added = {min(phases.num_blocks, (p + 1) * phases.per_phase) for p in range(phases.num)}
+    return tuple(sorted({min(phases.num_blocks, -(-n // size) * size) for n in added}))
+
+
 def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformation:
     """Clipping by value, then AdamW with the per-phase learning rate; weight decay on the
     INRs only (not on the per-width scalars or the shared classifier)."""
@@ -757,7 +768,9 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     a training depth, generate all blocks in one call, use the active blocks' weights and
     the pretrained weights elsewhere; loss = CE + recon (full width and depth only, active
     layers) + L2 (active layers). In a phase's first `train.recon_steps` steps: recon only,
-    at full width and depth (the network still runs; its CE is logged, not trained)."""
+    at full width and depth, and the network is not run (CE and accuracy logged as NaN).
+    A step generates only the blocks of the buckets added so far (`generation_buckets`);
+    `jax.lax.switch` picks the compiled branch (bucket, reconstruction-only or not)."""
     plan, spec, module = subject.plan, subject.spec, subject.module
     phases = make_phases(subject, config)
     lay = htty_layout(subject, config.model.train_depths)
@@ -776,6 +789,9 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     train_x, train_y = data["train"]
     c = config.loss
     recon_options = _recon_options(c)
+    ends = generation_buckets(phases, config.train.get("generate_buckets", 3))
+    subs = [hyper.first_inrs(plan, n) for n in ends]
+    nets = (False, True) if phases.recon else (True,)
 
     def init(key):
         pkey, skey = jax.random.split(key)
@@ -804,29 +820,46 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
         is_full = (h == lay.ref) & (num_tab[d] == plan.num_layers)
         n_active = jnp.maximum(jnp.sum(active), 1)
 
-        def loss_fn(params):
-            gen = hyper.generate(
-                inr, params["inr"], plan, shape, k_noise, config.noise, config.inr.norm
+        def loss_fn(params, k: int, net: bool):
+            # generate the first ends[k] blocks only (the active ones and, within the
+            # bucket, a few not yet added); the rest keep their pretrained weights
+            sub, js = subs[k]
+            inr_params = jax.tree.map(lambda a: a[: ends[k]], params["inr"])
+            sub_shape = hyper.Shape(shape.sizes, shape.layer_ids[jnp.asarray(js)], shape.num_layers)
+            part = hyper.generate(
+                inr, inr_params, sub, sub_shape, k_noise, config.noise, config.inr.norm
             )
+            gen = list(targets)
+            for j, g in zip(js, part, strict=True):
+                gen[j] = g
             weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], h)
             recon = jnp.sum(active * _per_layer_recon(eff, targets, *recon_options)) / n_active
             recon = jnp.where(is_full, recon, 0.0)
             l2 = sum(
-                jnp.where(active[j], jnp.sqrt(jnp.sum(a[r] ** 2)), 0.0)
-                for j, a in enumerate(eff)
-                for r in a
+                jnp.where(active[j], jnp.sqrt(jnp.sum(eff[j][r] ** 2)), 0.0)
+                for j in js
+                for r in eff[j]
             )
+            if not net:  # reconstruction-only step: the network is not run
+                nan = jnp.full((), jnp.nan, jnp.float32)
+                return c.recon * recon, (nan, nan, recon, l2)
             logits = module.apply(convert.canonical_to_flax(spec, weights), batch["x"])
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-            loss = jnp.where(warm, c.recon * recon, c.ce * ce + c.recon * recon + c.l2 * l2)
-            return loss, (logits, ce, recon, l2)
+            acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+            return c.ce * ce + c.recon * recon + c.l2 * l2, (ce, acc, recon, l2)
 
-        (loss, (logits, ce, recon, l2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        branches = [
+            functools.partial(jax.value_and_grad(loss_fn, has_aux=True), k=k, net=net)
+            for k in range(len(ends))
+            for net in nets
+        ]
+        k = jnp.searchsorted(jnp.asarray(ends), jnp.sum(blocks_on))
+        index = k * len(nets) + (jnp.logical_not(warm).astype(jnp.int32) if len(nets) > 1 else 0)
+        (loss, (ce, acc, recon, l2)), grads = jax.lax.switch(index, branches, params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         dk = config.train.ema
         ema = jax.tree.map(lambda e, p: dk * e + (1 - dk) * p, ema, params)
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
         new_state = state.replace(params=params, opt_state=opt_state, model_state={"ema": ema})
         return new_state, {
             "loss": loss,

@@ -156,6 +156,24 @@ def make_plan(spec: NetSpec, layers: Sequence[int], blocks: Sequence[int] | None
     )
 
 
+def first_inrs(plan: Plan, n: int) -> tuple[Plan, tuple[int, ...]]:
+    """The part of a per-block plan that its INRs 0 .. n - 1 generate: (that Plan, whose
+    INR parameters are the first n rows of the stacked ones, and the indices of its layers
+    in `plan`). HTTY generates only the blocks added so far with it."""
+    if not plan.blocks or not 1 <= n <= plan.num_inrs:
+        raise ValueError(f"first_inrs needs a per-block plan and 1 <= n <= {plan.num_inrs}")
+    js = tuple(j for j, b in enumerate(plan.blocks) if b < n)
+    pick = lambda xs: tuple(xs[j] for j in js)  # noqa: E731
+    fields = ("layers", "kinds", "kernel_shapes", "in_groups", "out_groups", "max_in", "max_out")
+    sub = dataclasses.replace(
+        plan,
+        **{f: pick(getattr(plan, f)) for f in fields},
+        has_bias=pick(plan.has_bias),
+        blocks=pick(plan.blocks),
+    )
+    return sub, js
+
+
 @functools.lru_cache(maxsize=16)
 def _queries(plan: Plan) -> dict[str, np.ndarray]:
     """Static query table: for each query its generated layer p, input and output index,
