@@ -1,5 +1,6 @@
 """wsl.train.loop on a toy regression task, in process (the CLI tests are in test_main)."""
 
+import dataclasses
 import json
 
 import jax
@@ -145,3 +146,28 @@ def test_workdir_of_another_config_or_architecture(tmp_path):
     with pytest.raises(loop.WorkdirMismatchError, match=r"params/e: expected \(\(2,\)"):
         loop.train(toy_task(config, extra=2), config, tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == files
+
+
+def test_a_task_with_variants_runs_each_step_with_its_own_static_variant(tmp_path):
+    """`Task.variant(step)` reaches `train_step` as a static Python value (one compiled
+    step per variant), also after a resume."""
+    config = toy_config(num_steps=9, eval_every=0)
+
+    def task(crash_at=None):
+        base = toy_task(config, crash_at=crash_at)
+
+        def train_step(state, batch, key, variant):
+            assert isinstance(variant, int)  # static, not traced
+            new, m = base.train_step(state, batch, key)
+            count = state.model_state["count"] + 10**variant
+            return new.replace(model_state={"count": count}), m
+
+        return dataclasses.replace(base, train_step=train_step, variant=lambda step: step // 3)
+
+    state, _ = loop.train(task(), config, tmp_path / "whole")
+    assert float(state.model_state["count"]) == 3 * 1 + 3 * 10 + 3 * 100
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(task(crash_at=7), config, tmp_path / "crash")
+    assert checkpoint.load(tmp_path / "crash")[0] == 5
+    resumed, _ = loop.train(task(), config, tmp_path / "crash")
+    assert float(resumed.model_state["count"]) == 3 * 1 + 3 * 10 + 3 * 100

@@ -2,6 +2,7 @@
 the NeuMeta train step (toy ResNet8 throughout; no data files needed)."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -495,23 +496,36 @@ def test_generating_only_the_added_blocks_gives_the_same_steps_as_generating_all
     assert metamorph.generation_buckets(phases, 2) == (2, 3)
     assert metamorph.generation_buckets(phases, 1) == (3,)
     runs = {}
-    for buckets in (1, 3):
+    for name, buckets in (("all", 1), ("variants", 3), ("variants1", 1)):
         c.train.generate_buckets = buckets
         tx = metamorph.make_htty_optimizer(sub, c)
         task = metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
-        state, step = task.init(jax.random.key(0)), jax.jit(task.train_step)
-        logs = []
+        state, logs, seen = task.init(jax.random.key(0)), [], set()
         for i in range(phases.num_steps):
-            state, m = step(state, task.batch(i), jax.random.key(i))
+            v = task.variant(i) if name != "all" else None
+            seen.add(v)
+            fn = jax.jit(functools.partial(task.train_step, variant=v))
+            state, m = fn(state, task.batch(i), jax.random.key(i))
             state = state.replace(step=state.step + 1)
             logs.append(m)
-        runs[buckets] = (state, logs)
-    (a, la), (b, lb) = runs[1], runs[3]
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-        np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
-    for i, (m, n) in enumerate(zip(la, lb, strict=True)):
-        np.testing.assert_allclose(m["loss"], n["loss"], rtol=1e-4)
-        warm = bool(phases.warming(i))
-        assert np.isnan(float(m["ce"])) == warm  # reconstruction-only: the net is not run
-        if not warm:
-            np.testing.assert_allclose(m["ce"], n["ce"], rtol=1e-4)
+        runs[name] = (state, logs, seen)
+    assert runs["variants"][2] == {
+        (0, False),
+        (0, True),
+        (1, False),
+        (1, True),
+        (2, False),
+        (2, True),
+    }
+    assert runs["variants1"][2] == {(0, False), (0, True)}
+    a, la, _ = runs["all"]
+    for other in ("variants", "variants1"):
+        b, lb, _ = runs[other]
+        for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+            np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-6)
+        for i, (m, n) in enumerate(zip(la, lb, strict=True)):
+            np.testing.assert_allclose(m["loss"], n["loss"], rtol=1e-4)
+            warm = bool(phases.warming(i))
+            assert np.isnan(float(n["ce"])) == warm  # reconstruction only: the net is not run
+            if not warm:
+                np.testing.assert_allclose(m["ce"], n["ce"], rtol=1e-4)

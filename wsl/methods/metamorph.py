@@ -769,8 +769,10 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     the pretrained weights elsewhere; loss = CE + recon (full width and depth only, active
     layers) + L2 (active layers). In a phase's first `train.recon_steps` steps: recon only,
     at full width and depth, and the network is not run (CE and accuracy logged as NaN).
-    A step generates only the blocks of the buckets added so far (`generation_buckets`);
-    `jax.lax.switch` picks the compiled branch (bucket, reconstruction-only or not)."""
+    A step generates only the blocks of the buckets added so far (`generation_buckets`):
+    the Task's `variant(step)` = (bucket, network runs) makes the loop compile one step
+    per variant; `train_step` without a variant generates every block and runs the
+    network (the same updates)."""
     plan, spec, module = subject.plan, subject.spec, subject.module
     phases = make_phases(subject, config)
     lay = htty_layout(subject, config.model.train_depths)
@@ -791,7 +793,6 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     recon_options = _recon_options(c)
     ends = generation_buckets(phases, config.train.get("generate_buckets", 3))
     subs = [hyper.first_inrs(plan, n) for n in ends]
-    nets = (False, True) if phases.recon else (True,)
 
     def init(key):
         pkey, skey = jax.random.split(key)
@@ -802,7 +803,14 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
         }
         return loop.new_state(params, tx.init(params), skey, model_state={"ema": params})
 
-    def train_step(state, batch, key):
+    def variant(step: int) -> tuple[int, bool]:
+        """(bucket, whether the network runs) of a step: static, one compiled step each."""
+        phase = min(step // phases.steps, phases.num - 1)
+        added = min((phase + 1) * phases.per_phase, phases.num_blocks)
+        warming = step - phase * phases.steps < phases.recon
+        return int(np.searchsorted(ends, added)), not warming
+
+    def train_step(state, batch, key, variant=None):
         k_size, k_full, k_depth, k_noise = jax.random.split(key, 4)
         src, new = phases.starts(state.step)
         params = copy_blocks(state.params, src, new)
@@ -846,16 +854,12 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
             logits = module.apply(convert.canonical_to_flax(spec, weights), batch["x"])
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
             acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
-            return c.ce * ce + c.recon * recon + c.l2 * l2, (ce, acc, recon, l2)
+            loss = jnp.where(warm, c.recon * recon, c.ce * ce + c.recon * recon + c.l2 * l2)
+            return loss, (ce, acc, recon, l2)
 
-        branches = [
-            functools.partial(jax.value_and_grad(loss_fn, has_aux=True), k=k, net=net)
-            for k in range(len(ends))
-            for net in nets
-        ]
-        k = jnp.searchsorted(jnp.asarray(ends), jnp.sum(blocks_on))
-        index = k * len(nets) + (jnp.logical_not(warm).astype(jnp.int32) if len(nets) > 1 else 0)
-        (loss, (ce, acc, recon, l2)), grads = jax.lax.switch(index, branches, params)
+        k, net = (len(ends) - 1, True) if variant is None else variant
+        grad_fn = jax.value_and_grad(functools.partial(loss_fn, k=k, net=net), has_aux=True)
+        (loss, (ce, acc, recon, l2)), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         dk = config.train.ema
@@ -886,7 +890,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
         idx = loop.batch_indices(len(train_x), config.train.batch_size, config.seed, step)[mine]
         return {"x": train_x[idx], "y": train_y[idx]}
 
-    return loop.Task(init, train_step, batch, config.train.batch_size, evaluate)
+    return loop.Task(init, train_step, batch, config.train.batch_size, evaluate, variant)
 
 
 def htty_generator(subject: Subject, inr, lay: HTTYLayout, config):

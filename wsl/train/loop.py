@@ -91,6 +91,11 @@ class Task:
     batch: Callable[[int], Any]
     batch_size: int
     evaluate: Callable[[TrainState], dict] | None = None
+    # optional: step number -> a hashable static variant, passed to
+    # `train_step(..., variant=v)`; the loop compiles one step per variant (a method whose
+    # steps differ in shape by phase, e.g. HTTY; `jax.lax.switch` around convolutions is
+    # ~35x slower on XLA:CPU, measured)
+    variant: Callable[[int], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +281,14 @@ def train(task: Task, config, workdir, *, mesh=None) -> tuple[TrainState, dict]:
 
 
 def _run(task, opts: Options, state, start, mesh, mngr, metrics_path):
-    step_fn = parallel.jit_step(make_step(task.train_step, opts.nan_at_step), mesh)
+    step_fns: dict = {}
+
+    def step_fn(state, batch, step):
+        v = task.variant(step) if task.variant is not None else None
+        if v not in step_fns:
+            fn = task.train_step if v is None else functools.partial(task.train_step, variant=v)
+            step_fns[v] = parallel.jit_step(make_step(fn, opts.nan_at_step), mesh)
+        return step_fns[v](state, batch)
 
     def write(record):
         if metrics_path is not None:
@@ -320,7 +332,7 @@ def _run(task, opts: Options, state, start, mesh, mngr, metrics_path):
     with bar:
         for step in range(start, opts.num_steps):
             batch = parallel.shard_batch(task.batch(step), mesh)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, step)
             s = step + 1
             pending.append((s, metrics))
             bar.update(1)
