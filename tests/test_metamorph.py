@@ -529,3 +529,11 @@ def test_generating_only_the_added_blocks_gives_the_same_steps_as_generating_all
             assert np.isnan(float(n["ce"])) == warm  # reconstruction only: the net is not run
             if not warm:
                 np.testing.assert_allclose(m["ce"], n["ce"], rtol=1e-4)
+
+
+def test_htty_evaluation_at_a_phase_end_uses_the_blocks_trained_so_far():
+    sub, c, inr = _htty(8, per_phase=1, steps=2, final=1)
+    task = metamorph.make_htty_task(sub, inr, optax.sgd(0.0), DATA, c, parallel.make_mesh())
+    state = task.init(jax.random.key(0))
+    assert task.evaluate(state.replace(step=jnp.asarray(2)))["blocks_added"] == 1
+    assert task.evaluate(state.replace(step=jnp.asarray(7)))["blocks_added"] == 3

@@ -879,7 +879,9 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     generator = htty_generator(subject, inr, lay, config)
 
     def evaluate(state):
-        active = phases.active(state.step)
+        # the blocks trained so far: at a phase's end, `state.step` is already the next
+        # phase's first step, whose new blocks are not copied in until that step runs
+        active = phases.active(jnp.maximum(state.step - 1, 0))
         return evaluate_htty(
             subject, lay, generator, state.model_state["ema"], active, data["test"], config
         )
