@@ -737,7 +737,7 @@ def generation_buckets(phases: Phases, buckets: int) -> tuple[int, ...]:
     """The numbers of blocks a training step generates (ours, `htty.train.generate_buckets`):
     the blocks are cut into `buckets` equal runs (ResNet56, 3: one stage each) and a step
     generates the runs up to the last added block, so the stage-1 phases do not pay for
-    generating stage 3 (whose blocks have 16x the queries). One compiled branch per count;
+    generating stage 3 (whose blocks have 16x the queries). One compiled step per count;
     1 generates all blocks on every step."""
     size = -(-phases.num_blocks // max(int(buckets), 1))
     added = {min(phases.num_blocks, (p + 1) * phases.per_phase) for p in range(phases.num)}
@@ -805,10 +805,8 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
 
     def variant(step: int) -> tuple[int, bool]:
         """(bucket, whether the network runs) of a step: static, one compiled step each."""
-        phase = min(step // phases.steps, phases.num - 1)
-        added = min((phase + 1) * phases.per_phase, phases.num_blocks)
-        warming = step - phase * phases.steps < phases.recon
-        return int(np.searchsorted(ends, added)), not warming
+        added = int(jnp.sum(phases.active(step)))
+        return int(np.searchsorted(ends, added)), not bool(phases.warming(step))
 
     def train_step(state, batch, key, variant=None):
         k_size, k_full, k_depth, k_noise = jax.random.split(key, 4)

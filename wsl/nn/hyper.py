@@ -165,13 +165,8 @@ def first_inrs(plan: Plan, n: int) -> tuple[Plan, tuple[int, ...]]:
     js = tuple(j for j, b in enumerate(plan.blocks) if b < n)
     pick = lambda xs: tuple(xs[j] for j in js)  # noqa: E731
     fields = ("layers", "kinds", "kernel_shapes", "in_groups", "out_groups", "max_in", "max_out")
-    sub = dataclasses.replace(
-        plan,
-        **{f: pick(getattr(plan, f)) for f in fields},
-        has_bias=pick(plan.has_bias),
-        blocks=pick(plan.blocks),
-    )
-    return sub, js
+    fields += ("has_bias", "blocks")
+    return dataclasses.replace(plan, **{f: pick(getattr(plan, f)) for f in fields}), js
 
 
 @functools.lru_cache(maxsize=16)
