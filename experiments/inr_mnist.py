@@ -23,7 +23,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c.siren_variant = "sitzmann"  # initialisation: sitzmann | dwsnets (subjects.SIREN)
     c.output_offset = 0.0  # added to the SIREN's output (DWSNets: 0.5)
     c.inrs_per_shard = 128  # written together
-    c.inrs_per_program = 8  # fitted together (vmap); 4-8 measured fastest per core
+    c.inrs_per_program = 4  # fitted together (vmap); 2-4 measured fastest (inr.py)
     c.workers = 1
     if variant == "smoke":
         c.num_train, c.num_test = 12, 4

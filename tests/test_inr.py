@@ -78,6 +78,21 @@ def test_k_inrs_together_equal_each_alone():
     assert float(psnr3.mean()) > 12.0  # fitting makes progress in 30 steps
 
 
+def test_fitting_a_shard_in_small_programs_equals_one_program():
+    d = images.load("mnist")
+    t = jnp.asarray(images.preprocess(d.train_x[:5], "unit").reshape(5, 784, 1))
+    keys = jnp.stack([inr.inr_key(0, i) for i in range(5)])
+    m, c = inr.siren_module(1), inr.coordinates(28, 28)
+    cfg = {"steps": 20, "learning_rate": 1e-3, "inrs_per_program": 5}
+    p5, psnr5 = inr._fit_in_programs(keys, t, c, m, cfg)
+    p2, psnr2 = inr._fit_in_programs(keys, t, c, m, {**cfg, "inrs_per_program": 2})  # 2+2+1
+    assert psnr2.shape == (5,) and jax.tree.leaves(p2)[0].shape[0] == 5
+    for a, b in zip(jax.tree.leaves(p5), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(psnr5, psnr2, atol=1e-3)
+    assert len(set(np.round(np.asarray(psnr2), 3))) == 5  # five different INRs, not a padded copy
+
+
 def test_early_stopping_freezes_each_inr_once_it_reaches_the_target_psnr():
     d = images.load("mnist")
     t = jnp.asarray(images.preprocess(d.train_x[:3], "unit").reshape(3, 784, 1))

@@ -243,6 +243,36 @@ def _images(name: str):
     return (d.train_x, d.train_y), (d.test_x, d.test_y)
 
 
+def _fit_in_programs(keys, targets, coords, module, cfg: Mapping):
+    """`fit_sirens` over a shard in programs of `inrs_per_program` INRs (the last one
+    padded to the full size, so one program is compiled): small programs keep a step's
+    activations in cache. Measured (128 Fashion-MNIST INRs, 200 steps, one process):
+    21.3 s in one program of 128, 7.9 s in programs of 8, 5.9 s of 4, 5.7 s of 2, 6.2 s
+    of 1. Each INR's result depends only on its key and image: the grouping changes
+    nothing (same PSNRs)."""
+    n, size = len(keys), int(cfg.get("inrs_per_program") or len(keys))
+    parts, psnrs = [], []
+    for a in range(0, n, size):
+        kk, tt = keys[a : a + size], targets[a : a + size]
+        if len(kk) < size:
+            pad = size - len(kk)
+            kk = jnp.concatenate([kk, jnp.repeat(kk[:1], pad, 0)])
+            tt = jnp.concatenate([tt, jnp.repeat(tt[:1], pad, 0)])
+        params, p = fit_sirens(
+            kk,
+            tt,
+            coords,
+            module=module,
+            steps=cfg["steps"],
+            lr=cfg["learning_rate"],
+            target_psnr=cfg.get("target_psnr", 0.0),
+        )
+        parts.append(params)
+        psnrs.append(p)
+    params = jax.tree.map(lambda *a: jnp.concatenate(a)[:n], *parts)
+    return params, jnp.concatenate(psnrs)[:n]
+
+
 def generate_inr_set(
     cfg: Mapping, out, *, worker: int = 0, num_workers: int = 1, log: Callable[[str], None] = print
 ) -> bool:
@@ -272,19 +302,7 @@ def generate_inr_set(
         labels = np.asarray([(ty if s == 0 else vy)[j] for s, j in sel])
         targets = jnp.asarray(images.preprocess(imgs, "unit").reshape(len(sel), h * w, c))
         keys = jnp.stack([inr_key(cfg["seed"], i * k + j) for j in range(len(sel))])
-        if len(sel) < k:  # pad the last shard to the full size (one compiled program)
-            pad = k - len(sel)
-            targets = jnp.concatenate([targets, jnp.repeat(targets[:1], pad, 0)])
-            keys = jnp.concatenate([keys, jnp.repeat(keys[:1], pad, 0)])
-        params, p = fit_sirens(
-            keys,
-            targets,
-            coords,
-            module=module,
-            steps=cfg["steps"],
-            lr=cfg["learning_rate"],
-            target_psnr=cfg.get("target_psnr", 0.0),
-        )
+        params, p = _fit_in_programs(keys, targets, coords, module, cfg)
         flat = np.stack(
             [
                 convert.flatten(
