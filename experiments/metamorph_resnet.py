@@ -288,6 +288,8 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 "num_freqs": 8 if smoke else 16,
                 "scalar": 0.1,
                 "norm": 64.0,
+                "encoding": "axis",  # or gaussian (ours: wsl.nn.hyper.gaussian_features)
+                "gaussian_scale": 10.0,
             },
             "noise": 1.0,
             "loss": {

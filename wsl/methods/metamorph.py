@@ -365,7 +365,15 @@ def cache_prefix(subject: Subject, data: dict, batch_size: int = 500) -> tuple[S
 
 def make_inr(config) -> hyper.INR:
     c = config.inr
-    return hyper.INR(c.hidden, c.num_layers, c.num_freqs, 3, c.scalar)
+    return hyper.INR(
+        c.hidden,
+        c.num_layers,
+        c.num_freqs,
+        3,
+        c.scalar,
+        c.get("encoding", "axis"),
+        c.get("gaussian_scale", 10.0),
+    )
 
 
 def neumeta_learning_rate(config):

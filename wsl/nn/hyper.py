@@ -57,6 +57,15 @@ def fourier_features(x: jax.Array, num_freqs: int) -> jax.Array:
     return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def gaussian_features(x: jax.Array, num: int, scale: float, seed: int = 0) -> jax.Array:
+    """[x, sin(2 pi x B), cos(2 pi x B)] with a fixed B (d, num) ~ N(0, scale^2) drawn from
+    `seed` (Tancik et al. 2020): every feature mixes all coordinates, so a table over
+    (input, output channel) is fitted by far fewer steps than with per-axis features."""
+    b = jax.random.normal(jax.random.key(seed), (x.shape[-1], num), jnp.float32) * scale
+    angles = 2.0 * jnp.pi * (x @ b)
+    return jnp.concatenate([x, jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
 class INR(nn.Module):
     """Fourier features -> residual MLP -> one head per parameter kind (module docstring).
     Input (..., 6) normalised coordinates; output {"conv": (..., k*k), "dense": (...,),
@@ -67,10 +76,20 @@ class INR(nn.Module):
     num_freqs: int = 16
     kernel_size: int = 3
     scalar: float = 0.1
+    # axis: NeuMeta's per-coordinate frequencies 2^k pi; gaussian: `gaussian_features` with
+    # 6 * num_freqs random frequencies of std `gaussian_scale` (ours)
+    encoding: str = "axis"
+    gaussian_scale: float = 10.0
 
     @nn.compact
     def __call__(self, coords: jax.Array) -> dict[str, jax.Array]:
-        h = nn.relu(nn.Dense(self.hidden, name="input")(fourier_features(coords, self.num_freqs)))
+        if self.encoding == "gaussian":
+            feats = gaussian_features(
+                coords, coords.shape[-1] * self.num_freqs, self.gaussian_scale
+            )
+        else:
+            feats = fourier_features(coords, self.num_freqs)
+        h = nn.relu(nn.Dense(self.hidden, name="input")(feats))
         for j in range(self.num_layers - 1):
             a = self.param(f"scalar{j}", nn.initializers.constant(self.scalar), ())
             h = h + a * nn.relu(nn.Dense(self.hidden, name=f"block{j}")(h))
