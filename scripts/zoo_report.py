@@ -3,7 +3,11 @@ folder that exists, its generating command, wall time, size and the spread of th
 the later tables predict (test accuracy of the zoos' networks, PSNR of the INRs). Writes
 results/zoos.{md,json} with this repo's commit and the machine.
 
-    python scripts/zoo_report.py [--folders zoos/mnist inrs/mnist ...]
+    python scripts/zoo_report.py [--folders zoos/mnist inrs/mnist ...] [--merge]
+
+--merge keeps the rows of the existing results/zoos.json whose folders are not here now
+(each row records the commit and date it was made at), e.g. after regenerating one set on
+a machine that has lost the others.
 """
 
 from __future__ import annotations
@@ -87,13 +91,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="*", default=list(FOLDERS))
     parser.add_argument("--out", default=str(ROOT / "results" / "zoos"))
+    parser.add_argument("--merge", action="store_true", help="keep rows of folders not here")
     args = parser.parse_args(argv)
-    rows = [r for f in args.folders if (r := summarise((ROOT / f).absolute()))]
+    commit, date = reproduce.commit(), reproduce.now()
+    rows = [
+        r | {"commit": commit, "date": date}
+        for f in args.folders
+        if (r := summarise((ROOT / f).absolute()))
+    ]
+    old_file = pathlib.Path(args.out).with_suffix(".json")
+    if args.merge and old_file.exists():
+        old = json.loads(old_file.read_text())
+        here = {r["folder"] for r in rows}
+        kept = [
+            {"commit": old.get("commit"), "date": old.get("date")} | r
+            for r in old["rows"]
+            if r["folder"] not in here
+        ]
+        order = {f: i for i, f in enumerate(FOLDERS)}
+        rows = sorted(rows + kept, key=lambda r: order.get(r["folder"], len(order)))
     record = {
         "rows": rows,
-        "command": "python scripts/zoo_report.py",
-        "commit": reproduce.commit(),
-        "date": reproduce.now(),
+        "command": "python scripts/zoo_report.py" + (" --merge" if args.merge else ""),
+        "commit": commit,
+        "date": date,
         "machine": reproduce.machine(),
         "note": "generated here from the real images with the published recipes, shortened "
         "for a 2-core CPU (variant 'cpu'); the published zoos and INR sets are not reachable",
@@ -101,8 +122,8 @@ def main(argv=None) -> int:
     lines = [
         "# Generated zoos and INR sets",
         "",
-        "| folder | networks | recipe | property spread | wall time | command |",
-        "|---|---|---|---|---|---|",
+        "| folder | networks | recipe | property spread | wall time | command | commit |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["kind"] == "inr":
@@ -113,7 +134,7 @@ def main(argv=None) -> int:
             spread = f"test acc. min {lo:.3f} / median {mid:.3f} / max {hi:.3f}"
         wall = "?" if r["wall_s"] is None else f"{r['wall_s'] / 60:.0f} min"
         lines.append(f"| {r['folder']} | {r['n']:,} | {r['recipe']} | {spread} | {wall} | "
-                     f"`{r['command']}` |")  # fmt: skip
+                     f"`{r['command']}` | `{str(r.get('commit'))[:7]}` |")  # fmt: skip
     m = record["machine"]
     lines += [
         "",
@@ -122,7 +143,8 @@ def main(argv=None) -> int:
         "end; a run killed earlier is not counted, though the shards it wrote are kept "
         "(inrs/mnist, inrs/fashion_mnist and inrs/mnist_dws were finished by a second run, so "
         "they took longer)",
-        f"- commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} CPUs",
+        f"- written at commit `{record['commit']}`, {record['date']}, {m['platform']}, "
+        f"{m['cpu_count']} CPUs; each row's commit: the code it was summarised at",
     ]
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
