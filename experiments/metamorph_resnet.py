@@ -288,7 +288,9 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 "num_freqs": 8 if smoke else 16,
                 "scalar": 0.1,
                 "norm": 64.0,
-                "encoding": "axis",  # or gaussian (ours: wsl.nn.hyper.gaussian_features)
+                # axis (NeuMeta's) or gaussian (ours, wsl.nn.hyper.gaussian_features: fits
+                # stage-2 kernels ~3x faster but lost the narrow widths in phase 1; README)
+                "encoding": "axis",
                 "gaussian_scale": 10.0,
             },
             "noise": 1.0,

@@ -1,0 +1,65 @@
+"""Record the evaluations of one run folder (its metrics.jsonl "eval" rows) as
+results/NAME.{json,md}, with the command that made it, the commit it ran at, the date and
+this machine, so that a diagnostic run's numbers can be cited:
+
+    python scripts/diagnostics/record_eval.py NAME WORKDIR --commit SHA --command "..." \
+        [--description "..."] [--metrics acc_c0,acc_c25,...]
+"""
+
+import argparse
+import datetime
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("name")
+    p.add_argument("workdir")
+    p.add_argument("--commit", required=True, help="the commit the run started from")
+    p.add_argument("--command", required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--metrics", default="", help="comma-separated; default every eval metric")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+
+    with open(pathlib.Path(args.workdir) / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r.get("split") == "eval"]
+    if not evals:
+        raise SystemExit(f"error: no eval rows in {args.workdir}/metrics.jsonl")
+    metrics = args.metrics.split(",") if args.metrics else [k for k in evals[-1] if k != "split"]
+    rows = [{m: r.get(m) for m in ["step", *metrics] if m != "step" or "step" in r} for r in evals]
+    rec = {
+        "name": args.name,
+        "description": args.description,
+        "command": args.command,
+        "commit": args.commit,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": reproduce.machine(),
+        "rows": rows,
+    }
+    out = ROOT / "results"
+    (out / f"{args.name}.json").write_text(json.dumps(rec, indent=1) + "\n")
+    cols = list(rows[-1])
+    md = (
+        [f"# {args.name}", "", args.description, ""] if args.description else [f"# {args.name}", ""]
+    )
+    md += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    for r in rows:
+        md.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    m = rec["machine"]
+    md += ["", f"- command: `{args.command}`", f"- commit: `{args.commit}`"]
+    md += [f"- date: {rec['date']}", f"- machine: {m['platform']}, {m['cpu_count']} CPUs"]
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    main()
