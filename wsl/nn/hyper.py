@@ -77,7 +77,8 @@ class INR(nn.Module):
     kernel_size: int = 3
     scalar: float = 0.1
     # axis: NeuMeta's per-coordinate frequencies 2^k pi; gaussian: `gaussian_features` with
-    # 6 * num_freqs random frequencies of std `gaussian_scale` (ours)
+    # 6 * num_freqs random frequencies of std `gaussian_scale` (ours); gaussian_positions:
+    # gaussian over (l/L, i/I, o/O), per-axis over the sizes (ours)
     encoding: str = "axis"
     gaussian_scale: float = 10.0
 
@@ -87,8 +88,16 @@ class INR(nn.Module):
             feats = gaussian_features(
                 coords, coords.shape[-1] * self.num_freqs, self.gaussian_scale
             )
-        else:
+        elif self.encoding == "gaussian_positions":  # the sizes (L, I, O) / N per axis
+            pos = gaussian_features(coords[..., :3], 3 * self.num_freqs, self.gaussian_scale)
+            feats = jnp.concatenate([pos, fourier_features(coords[..., 3:], self.num_freqs)], -1)
+        elif self.encoding == "axis":
             feats = fourier_features(coords, self.num_freqs)
+        else:
+            raise ValueError(
+                f"unknown INR encoding {self.encoding!r} (inr.encoding); choose axis, "
+                "gaussian or gaussian_positions"
+            )
         h = nn.relu(nn.Dense(self.hidden, name="input")(feats))
         for j in range(self.num_layers - 1):
             a = self.param(f"scalar{j}", nn.initializers.constant(self.scalar), ())
