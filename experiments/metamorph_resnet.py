@@ -288,8 +288,8 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 "num_freqs": 8 if smoke else 16,
                 "scalar": 0.1,
                 "norm": 64.0,
-                # axis (NeuMeta's) or gaussian (ours, wsl.nn.hyper.gaussian_features: fits
-                # stage-2 kernels ~3x faster but lost the narrow widths in phase 1; README)
+                # axis (NeuMeta's), gaussian or gaussian_positions (ours, wsl.nn.hyper: fit
+                # stage-2 kernels faster but lost most of the narrow widths in phase 1; README)
                 "encoding": "axis",
                 "gaussian_scale": 10.0,
             },
