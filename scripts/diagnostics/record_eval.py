@@ -31,8 +31,9 @@ def main(argv=None) -> None:
         evals = [r for r in map(json.loads, f) if r.get("split") == "eval"]
     if not evals:
         raise SystemExit(f"error: no eval rows in {args.workdir}/metrics.jsonl")
-    metrics = args.metrics.split(",") if args.metrics else [k for k in evals[-1] if k != "split"]
-    rows = [{m: r.get(m) for m in ["step", *metrics] if m != "step" or "step" in r} for r in evals]
+    skip = ("split", "step")
+    metrics = args.metrics.split(",") if args.metrics else [k for k in evals[-1] if k not in skip]
+    rows = [{"step": r["step"]} | {m: r.get(m) for m in metrics} for r in evals]
     rec = {
         "name": args.name,
         "description": args.description,
