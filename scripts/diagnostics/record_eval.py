@@ -1,9 +1,9 @@
-"""Record the evaluations of one run folder (its metrics.jsonl "eval" rows) as
-results/NAME.{json,md}, with the command that made it, the commit it ran at, the date and
-this machine, so that a diagnostic run's numbers can be cited:
+"""Record the evaluations of one run folder (its metrics.jsonl "eval" rows, or those of
+another split) as results/NAME.{json,md}, with the command that made it, the commit it ran
+at, the date and this machine, so that a diagnostic run's numbers can be cited:
 
     python scripts/diagnostics/record_eval.py NAME WORKDIR --commit SHA --command "..." \
-        [--description "..."] [--metrics acc_c0,acc_c25,...]
+        [--description "..."] [--metrics acc_c0,acc_c25,...] [--split train]
 """
 
 import argparse
@@ -22,15 +22,17 @@ def main(argv=None) -> None:
     p.add_argument("--commit", required=True, help="the commit the run started from")
     p.add_argument("--command", required=True)
     p.add_argument("--description", default="")
-    p.add_argument("--metrics", default="", help="comma-separated; default every eval metric")
+    p.add_argument("--metrics", default="", help="comma-separated; default every metric")
+    p.add_argument("--split", default="eval", help="the metrics.jsonl rows to record")
+    p.add_argument("--out", default=str(ROOT / "results"), help="where NAME.{json,md} go")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     import reproduce
 
     with open(pathlib.Path(args.workdir) / "metrics.jsonl") as f:
-        evals = [r for r in map(json.loads, f) if r.get("split") == "eval"]
+        evals = [r for r in map(json.loads, f) if r.get("split") == args.split]
     if not evals:
-        raise SystemExit(f"error: no eval rows in {args.workdir}/metrics.jsonl")
+        raise SystemExit(f"error: no {args.split} rows in {args.workdir}/metrics.jsonl")
     skip = ("split", "step")
     metrics = args.metrics.split(",") if args.metrics else [k for k in evals[-1] if k not in skip]
     rows = [{"step": r["step"]} | {m: r.get(m) for m in metrics} for r in evals]
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
         "machine": reproduce.machine(),
         "rows": rows,
     }
-    out = ROOT / "results"
+    out = pathlib.Path(args.out)
     (out / f"{args.name}.json").write_text(json.dumps(rec, indent=1) + "\n")
     cols = list(rows[-1])
     md = (
