@@ -95,6 +95,10 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             "norm": 64.0,
             # one INR per generated layer (the reference composes one MLP per tensor)
             "per_layer": True,
+            # axis: NeuMeta's per-axis Fourier features; gaussian / gaussian_positions:
+            # ours (wsl.nn.hyper.INR), with gaussian_scale
+            "encoding": "axis",
+            "gaussian_scale": 10.0,
         }
     )
     c.noise = 1.0
