@@ -214,9 +214,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     phases (one stage each) of 2,400 steps (the first 2,000 reconstruction only) + 200
     joint, per-block INRs of NeuMeta's base size (256 x 4, 16 frequencies), coordinate
     noise 0.25, uniform reconstruction weights, joint rate 1e-4, CE weight 0.1 (~1 h here).
-    Not working whole yet: a run kept phase 1 (0.853 / 0.816 / 0.758 / 0.124 at 0 / 25 /
-    50 / 75 %, full test set) but fell to chance in phase 2, whose reconstruction steps
-    with coordinate noise fitted the stage-2 blocks far too slowly (issue 7's notes)."""
+    Not working whole: the run in results/htty_cpu_phases.md kept phase 1 (0.859 / 0.768 /
+    0.680 / 0.336 at 0 / 25 / 50 / 75 %, full test set) but fell to chance in phase 2,
+    whose 2,000 reconstruction steps left the stage-2 blocks far from their weights
+    (relative error 0.48 over the 18 blocks; the network needs ~0.1; README)."""
     c.data.train_size, c.data.test_size = 0, 0
     c.train.num_steps, c.train.recon_steps = 30000, 5000
     c.optimizer.warmup_steps = 500
