@@ -213,7 +213,8 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     Individual 1,000 steps of batch 128 per width (2.6 epochs: a weak baseline), HTTY 3
     phases (one stage each) of 2,400 steps (the first 2,000 reconstruction only) + 200
     joint, per-block INRs of NeuMeta's base size (256 x 4, 16 frequencies), coordinate
-    noise 0.25, uniform reconstruction weights, joint rate 1e-4, CE weight 0.1 (~1 h here).
+    noise 0.25, uniform reconstruction weights, joint rate 1e-4, CE weight 0.1 (132 min here,
+    part of it sharing the CPU).
     Not working whole: the run in results/htty_cpu_phases.md kept phase 1 (0.859 / 0.768 /
     0.680 / 0.336 at 0 / 25 / 50 / 75 %, full test set) but fell to chance in phase 2,
     whose 2,000 reconstruction steps left the stage-2 blocks far from their weights
