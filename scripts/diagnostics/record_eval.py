@@ -30,12 +30,12 @@ def main(argv=None) -> None:
     import reproduce
 
     with open(pathlib.Path(args.workdir) / "metrics.jsonl") as f:
-        evals = [r for r in map(json.loads, f) if r.get("split") == args.split]
-    if not evals:
+        logged = [r for r in map(json.loads, f) if r.get("split") == args.split]
+    if not logged:
         raise SystemExit(f"error: no {args.split} rows in {args.workdir}/metrics.jsonl")
     skip = ("split", "step")
-    metrics = args.metrics.split(",") if args.metrics else [k for k in evals[-1] if k not in skip]
-    rows = [{"step": r["step"]} | {m: r.get(m) for m in metrics} for r in evals]
+    metrics = args.metrics.split(",") if args.metrics else [k for k in logged[-1] if k not in skip]
+    rows = [{"step": r["step"]} | {m: r.get(m) for m in metrics} for r in logged]
     rec = {
         "name": args.name,
         "description": args.description,
