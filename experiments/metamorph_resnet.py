@@ -338,6 +338,9 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 # reconstruction-only steps at full width and depth, at their own rate
                 "recon_steps": 0,  # cpu: 2,000 (`cpu` below)
                 "recon_learning_rate": 3e-3,
+                # the fraction of the queries a reconstruction-only step fits (ours; 1: all):
+                # a random sample per step, an unbiased estimate at that fraction of the cost
+                "recon_fraction": 1.0,
                 # a step generates only the blocks of the buckets (of equally many blocks)
                 # added so far; 1: every block on every step (metamorph.generation_buckets)
                 "generate_buckets": 3,

@@ -576,3 +576,57 @@ def test_htty_evaluation_at_a_phase_end_uses_the_blocks_trained_so_far():
     state = task.init(jax.random.key(0))
     assert task.evaluate(state.replace(step=jnp.asarray(2)))["blocks_added"] == 1
     assert task.evaluate(state.replace(step=jnp.asarray(7)))["blocks_added"] == 3
+
+
+@pytest.mark.parametrize("weighting", ["neumeta", "uniform"])
+def test_sampled_reconstruction_is_the_full_one_at_fraction_1_and_unbiased_below(weighting):
+    """`sampled_recon` from every query equals `_per_layer_recon` of the generated weights
+    (with a per-layer scale, as HTTY's per-width scalar on the residual branch); from a
+    quarter of the queries its mean over draws matches it; a step on it lowers the loss."""
+    sub, _, inr = _htty(8)
+    plan = sub.plan
+    params = hyper.init_params(inr, jax.random.key(0), plan)
+    shape = hyper.full_shape(plan)
+    targets = tuple(sub.weights[i] for i in plan.layers)
+    table = metamorph.query_targets(plan, targets, inr.kernel_size, True, weighting)
+    scale = jnp.asarray(np.linspace(0.5, 1.5, len(plan.layers)), jnp.float32)
+    key = jax.random.key(4)
+    gen = hyper.generate(inr, params, plan, shape, jax.random.split(key)[0], 0.5, 16.0)
+    eff = tuple({r: a * scale[j] for r, a in g.items()} for j, g in enumerate(gen))
+    full = metamorph._per_layer_recon(eff, targets, True, weighting)
+
+    def est(params, key, fraction):
+        return metamorph.sampled_recon(
+            inr, params, plan, shape, table, scale, key, fraction, 0.5, 16.0
+        )
+
+    np.testing.assert_allclose(est(params, key, 1.0), full, rtol=1e-4)
+    # noise-free coordinates: the draws differ only in which queries are sampled
+    many = jax.vmap(lambda k: metamorph.sampled_recon(
+        inr, params, plan, shape, table, scale, k, 0.25, 0.0, 16.0
+    ))(jax.random.split(jax.random.key(5), 400))  # fmt: skip
+    exact = metamorph.sampled_recon(inr, params, plan, shape, table, scale, key, 1.0, 0.0, 16.0)
+    np.testing.assert_allclose(many.mean(0), exact, rtol=0.05)
+    assert np.all(np.std(np.asarray(many), 0) > 1e-3 * np.asarray(exact))  # really sampled
+    grad = jax.grad(lambda p: jnp.sum(est(p, key, 0.25)))(params)
+    moved = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grad)
+    assert float(jnp.sum(est(moved, key, 0.25))) < float(jnp.sum(est(params, key, 0.25)))
+
+
+def test_htty_reconstruction_steps_from_a_sample_of_queries():
+    sub, c, inr = _htty(8, per_phase=3, steps=12)
+    c.train.recon_steps, c.train.recon_learning_rate = 10, 1e-2
+    c.train.recon_fraction = 0.25
+    tx = metamorph.make_htty_optimizer(sub, c)
+    task = metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
+    state, recon = task.init(jax.random.key(0)), []
+    for i in range(12):
+        fn = jax.jit(functools.partial(task.train_step, variant=task.variant(i)))
+        state, m = fn(state, task.batch(i), jax.random.key(i))
+        state = state.replace(step=state.step + 1)
+        recon.append(float(m["recon"]))
+        assert np.isnan(float(m["ce"])) == (i < 10)
+    assert np.all(np.isfinite(recon)) and np.mean(recon[7:10]) < np.mean(recon[:3])
+    c.train.recon_fraction = 0.0
+    with pytest.raises(loop.UserError, match="recon_fraction=0.0 must be"):
+        metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())

@@ -651,6 +651,75 @@ def _per_layer_recon(generated, targets, normalize: bool = False, weighting="neu
     )
 
 
+def query_targets(
+    plan: hyper.Plan, targets: tuple, kernel_size: int, normalize=False, weighting="neumeta"
+) -> dict[str, jax.Array]:
+    """`targets` (one {kernel, bias} per generated layer of `plan`) laid out per query of
+    `plan` (hyper's order) as the INR outputs them: "value" (Q, k*k) (a conv kernel at its
+    centre positions, a dense weight or a bias in column 0), "coef" (Q, k*k) each entry's
+    coefficient in `_per_layer_recon` (0 where an output is unused), "layer" (Q,) and
+    "kind" (Q,) (0 conv, 1 dense, 2 bias), for `sampled_recon`."""
+    kmax, k2 = kernel_size, kernel_size**2
+    value, coef, layer, kind = [], [], [], []
+
+    def entry_coef(t, n_arrays):
+        t = np.asarray(t, np.float64)
+        w = np.abs(t) + 1e-6 if weighting == "neumeta" else np.ones_like(t)
+        w = w / w.max()
+        denom = np.mean(w * t**2) if normalize else 1.0
+        return w / (t.size * denom * n_arrays)
+
+    def column0(t, c):  # (n,) values and coefficients in the first of k*k outputs
+        v, cc = np.zeros((t.size, k2)), np.zeros((t.size, k2))
+        v[:, 0], cc[:, 0] = t.ravel(), c.ravel()
+        return v, cc
+
+    for p, t in enumerate(targets):
+        kern, n_arrays, rows = np.asarray(t["kernel"]), len(t), []
+        if plan.kinds[p] == "conv":
+            kh, kw, n_in, n_out = kern.shape
+            v, c = np.zeros((n_in * n_out, kmax, kmax)), np.zeros((n_in * n_out, kmax, kmax))
+            top, left = (kmax - kh) // 2, (kmax - kw) // 2  # the centre, as hyper._centre
+            win = (slice(None), slice(top, top + kh), slice(left, left + kw))
+            v[win] = kern.transpose(2, 3, 0, 1).reshape(-1, kh, kw)
+            c[win] = entry_coef(kern, n_arrays).transpose(2, 3, 0, 1).reshape(-1, kh, kw)
+            rows.append((v.reshape(-1, k2), c.reshape(-1, k2), 0))
+        else:
+            rows.append(column0(kern, entry_coef(kern, n_arrays)) + (1,))
+        if "bias" in t:
+            b = np.asarray(t["bias"])
+            rows.append(column0(b, entry_coef(b, n_arrays)) + (2,))
+        for v, c, kd in rows:
+            value.append(v), coef.append(c)
+            kind.append(np.full(len(v), kd)), layer.append(np.full(len(v), p))
+    out = {"value": np.concatenate(value), "coef": np.concatenate(coef)}
+    out |= {"layer": np.concatenate(layer), "kind": np.concatenate(kind)}
+    if len(out["layer"]) != plan.num_queries:
+        raise ValueError("targets do not match the plan's layers (kernel and bias shapes)")
+    return {k: jnp.asarray(v, jnp.int32 if k in ("layer", "kind") else jnp.float32)
+            for k, v in out.items()}  # fmt: skip
+
+
+def sampled_recon(inr, params, plan: hyper.Plan, shape, table, scale, key, fraction, noise, norm):
+    """An unbiased estimate of `_per_layer_recon` (num_layers,) of the weights `plan`'s
+    INRs generate at `shape` (the full configuration: the targets' shapes), from a random
+    `fraction` of the queries (`hyper.apply_sampled`); `table` from `query_targets`, `scale`
+    (num_layers,) each layer's factor on its generated arrays (HTTY's per-width scalar on
+    the residual branch). fraction 1 gives `_per_layer_recon` itself."""
+    k_noise, k_sample = jax.random.split(key)
+    x, _, in_size = hyper.coordinates(plan, shape, k_noise, noise, norm)
+    out, q, inv = hyper.apply_sampled(inr, params, plan, x, k_sample, fraction)
+    kind, layer = table["kind"][q][:, None], table["layer"][q]
+    pred = jnp.where(
+        kind == 0,
+        out["conv"] / in_size[q][:, None],
+        jnp.where(kind == 1, (out["dense"] / in_size[q])[:, None], out["bias"][:, None]),
+    )
+    pred = pred * scale[layer][:, None]
+    err = jnp.sum(table["coef"][q] * (pred - table["value"][q]) ** 2, -1) * inv
+    return jax.ops.segment_sum(err, layer, num_segments=len(plan.layers))
+
+
 def copy_blocks(tree, src, new):
     """Every leaf under a dict key "inr" (stacked per-block INR parameters, and their
     EMA / optimiser moments) with the rows where `new` (num_blocks,) is true replaced by
@@ -801,6 +870,13 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     recon_options = _recon_options(c)
     ends = generation_buckets(phases, config.train.get("generate_buckets", 3))
     subs = [hyper.first_inrs(plan, n) for n in ends]
+    fraction = float(config.train.get("recon_fraction", 1.0))
+    if not 0.0 < fraction <= 1.0:
+        raise loop.UserError(f"htty.train.recon_fraction={fraction} must be in (0, 1]")
+    tables = [
+        query_targets(sub, [targets[j] for j in js], inr.kernel_size, *recon_options)
+        for sub, js in subs
+    ] if fraction < 1 else None  # fmt: skip
 
     def init(key):
         pkey, skey = jax.random.split(key)
@@ -840,6 +916,16 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
             sub, js = subs[k]
             inr_params = jax.tree.map(lambda a: a[: ends[k]], params["inr"])
             sub_shape = hyper.Shape(shape.sizes, shape.layer_ids[jnp.asarray(js)], shape.num_layers)
+            if not net and tables is not None:  # reconstruction from a sample of queries
+                on = active[jnp.asarray(js)]
+                scale = jnp.where(lay.branch_out[list(js)], params["scalars"][h], 1.0)
+                per_layer = sampled_recon(
+                    inr, inr_params, sub, sub_shape, tables[k], scale, k_noise, fraction,
+                    config.noise, config.inr.norm,
+                )  # fmt: skip
+                recon = jnp.sum(on * per_layer) / n_active
+                nan = jnp.full((), jnp.nan, jnp.float32)
+                return c.recon * recon, (nan, nan, recon, nan)
             part = hyper.generate(
                 inr, inr_params, sub, sub_shape, k_noise, config.noise, config.inr.norm
             )

@@ -266,6 +266,35 @@ def apply(inr: INR, params, plan: Plan, x: jax.Array) -> dict[str, jax.Array]:
     return jax.tree.map(lambda *a: jnp.concatenate(a)[back], *outs)
 
 
+def apply_sampled(inr: INR, params, plan: Plan, x: jax.Array, key: jax.Array, fraction: float):
+    """The INR outputs for a random `fraction` of the queries `x` (Q, 6) of `plan`: with
+    several INRs the same fraction of every INR's queries (the same positions for the INRs
+    of a `_groups` group, redrawn per group). Returns (outputs with a leading axis S, their
+    query indices (S,), each one's inverse sampling rate (S,)): the rate-weighted sum of a
+    per-query quantity over the sample is an unbiased estimate of its sum over all queries
+    (a stochastic reconstruction step costs `fraction` of a full one)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction {fraction} must be in (0, 1]")
+    if not plan.blocks:
+        count = x.shape[0]
+        m = max(1, int(round(fraction * count)))
+        q = jax.random.permutation(key, count)[:m]
+        return inr.apply({"params": params}, x[q]), q, jnp.full((m,), count / m)
+    outs, idx, inv = [], [], []
+    for g, (members, gather) in enumerate(_groups(plan)):
+        count = gather.shape[1]
+        m = max(1, int(round(fraction * count)))
+        cols = jax.random.permutation(jax.random.fold_in(key, g), count)[:m]
+        q = jnp.asarray(gather)[:, cols]
+        p = jax.tree.map(lambda a, m=members: a[m], params)
+        out = jax.vmap(lambda p, r: inr.apply({"params": p}, r))(p, x[q])
+        outs.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out))
+        idx.append(q.ravel())
+        inv.append(jnp.full((q.size,), count / m))
+    cat = lambda *a: jnp.concatenate(a)  # noqa: E731
+    return jax.tree.map(cat, *outs), cat(*idx), cat(*inv)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Shape:
