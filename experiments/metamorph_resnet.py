@@ -228,7 +228,7 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     c.individual_block.train.checkpoint_every = 2000
     c.individual.train.batch_size, c.individual.train.num_steps = 128, 1000
     c.individual.train.checkpoint_every = 200
-    c.htty.phases.steps_per_phase, c.htty.phases.final_steps = 2400, 200
+    c.htty.phases.steps_per_phase, c.htty.phases.final_steps = 6400, 200
     # every phase: 2,000 reconstruction-only steps at 3e-3 (only the stages added so far
     # are generated: ~9.5 steps/s in phase 1, ~1.1 in phase 3, recon only), then the joint
     # loss at 1e-4 after a 75-step warm-up. Measured (issue 7's notes): uniform recon loss
@@ -251,7 +251,13 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     # 0.809 / 0.103 / 0.104 / 0.093 at 0 / 25 / 50 / 75 %); with noise 0.25 (and CE 0.1,
     # full width every other step) 0.824 / 0.635 / 0.516 / 0.105, relative error 0.10;
     # with 400 joint steps 0.846 / 0.787 / 0.657 / 0.153 (results/htty_phase1.md).
-    c.htty.train.recon_steps = 2000
+    # 6,000 reconstruction steps per phase, each from a random eighth of the queries: on
+    # the 9 stage-2 blocks from a random INR, 2,400 such steps (11.4 steps/s) reached 0.28,
+    # against 0.54 after 300 full steps at 1.8 steps/s (the same wall time: 0.41); a
+    # quarter, 6.5 steps/s, about the same per second; rate 1e-2 fitted slower than 3e-3
+    # (results/htty_stage2_fit_{f1_shared,f025,f025_lr1e2,f0125}.md, measured together).
+    # The run before (2,000 full steps per phase, b42df24) fell to chance in phase 2.
+    c.htty.train.recon_steps, c.htty.train.recon_fraction = 6000, 0.125
     c.htty.loss.ce, c.htty.widths.full_prob = 0.1, 0.5
     c.htty.inr.hidden, c.htty.inr.num_layers, c.htty.inr.num_freqs = 256, 4, 16
     # gaussian Fourier features (scale 3) over the positions l/L, i/I, o/O, per-axis over the
