@@ -268,7 +268,7 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     c.htty.loss.recon_weighting = "uniform"
     c.htty.optimizer.learning_rate, c.htty.optimizer.warmup_steps = 1e-4, 75
     c.htty.train.checkpoint_every = 250
-    c.htty.train.eval_every = 2400  # at the end of every phase
+    c.htty.train.eval_every = c.htty.phases.steps_per_phase  # at the end of every phase
     c.htty.train.ema = 0.99  # 0.995 lagged the fast-moving reconstruction fit badly
     c.htty.eval.k_samples = 10
 

@@ -96,7 +96,10 @@ TSommariva/HTTY_NeuMeta, was not available), made here and configurable where ma
        (`train.recon_steps`, ours, 0 in `paper`) every phase starts with reconstruction-only
        steps at full width and depth, at `train.recon_learning_rate`: without them a
        phase's copied INRs generate another block's weights and the cross-entropy starts
-       from a broken network (NeuMeta's warm-up, per phase).
+       from a broken network (NeuMeta's warm-up, per phase). With `train.recon_fraction`
+       < 1 (ours) each of those steps fits a random sample of that fraction of every
+       INR's queries (`sampled_recon`, an unbiased estimate of the loss), so a stage-3
+       step costs a fraction of a full generation.
     4. what is metamorphic: the inner widths of all blocks; the residual stream keeps
        16/32/64 channels (so option-A shortcuts stay exact), the stem conv stays pretrained
        and frozen, the classifier is shared.
@@ -845,7 +848,9 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
     a training depth, generate all blocks in one call, use the active blocks' weights and
     the pretrained weights elsewhere; loss = CE + recon (full width and depth only, active
     layers) + L2 (active layers). In a phase's first `train.recon_steps` steps: recon only,
-    at full width and depth, and the network is not run (CE and accuracy logged as NaN).
+    at full width and depth, and the network is not run (CE and accuracy logged as NaN);
+    with `train.recon_fraction` < 1 only that fraction of the queries is generated
+    (`sampled_recon`; L2 logged as NaN).
     A step generates only the blocks of the buckets added so far (`generation_buckets`):
     the Task's `variant(step)` = (bucket, network runs) makes the loop compile one step
     per variant; `train_step` without a variant generates every block and runs the
