@@ -1,0 +1,139 @@
+"""Take apart one checkpoint of an HTTY run: which part of the generated network breaks it.
+
+    python scripts/diagnostics/htty_checkpoint_probe.py WORKDIR STEP [--test_size 2000]
+        [--out results/NAME]
+
+At full width and depth, noiseless generation, with the raw parameters and with their EMA:
+per-stage relative error of the generated blocks, and the test accuracy of the network
+with (a) everything as trained; (b) the pretrained classifier instead of the shared one;
+(c) the full-width scalar set to 1; (d) (b) and (c); (e) only the stage-1 blocks generated
+(the others pretrained); (f) only stage 2's; (g) only stage 3's. Prints a table; with
+--out writes NAME.{json,md} with the command, commit, date and machine.
+"""
+
+import argparse
+import datetime
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workdir")
+    p.add_argument("step", type=int)
+    p.add_argument("--test_size", type=int, default=2000)
+    p.add_argument("--out", default="")
+    p.add_argument("--description", default="")
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(args_in)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+
+    from wsl.methods import metamorph
+    from wsl.train import checkpoint, loop, parallel
+
+    # the run's own config (HTTY's settings already merged in: metamorph.htty_config)
+    config = ml_collections.ConfigDict(checkpoint.read_config(args.workdir))
+    config.data.test_size = args.test_size
+    sub = metamorph.prepare_htty(config.model)
+    data = metamorph.load_data(config)
+    phases = metamorph.make_phases(sub, config)
+    config.train.num_steps = phases.num_steps
+    inr = metamorph.make_inr(config)
+    mesh = parallel.make_mesh()
+    task = metamorph.make_htty_task(
+        sub, inr, metamorph.make_htty_optimizer(sub, config), data, config, mesh
+    )
+    abstract = loop._abstract(task.init, jax.random.key(config.seed), mesh)
+    mngr = checkpoint.manager(pathlib.Path(args.workdir), keep=100, async_save=False)
+    state = checkpoint.restore(mngr, args.step, abstract)
+    lay = metamorph.htty_layout(sub, config.model.train_depths)
+    generator = metamorph.htty_generator(sub, inr, lay, config)
+    blocks_on = np.asarray(phases.active(max(args.step - 1, 0)))
+    x, y = data["test"]
+    stage = np.asarray([int(b[5]) for b in sub.blocks])  # "layer<s>_<k>"
+    layer_stage = stage[lay.layer_block]
+    targets = [sub.weights[i] for i in sub.plan.layers]
+    pretrained_linear = {f"layer{i}": sub.weights[i] for i in sub.shared}
+    rows = []
+    for name, params in (("raw", state.params), ("ema", state.model_state["ema"])):
+        cases = {
+            "as trained": (params, blocks_on),
+            "pretrained classifier": (params | {"shared": pretrained_linear}, blocks_on),
+            "full-width scalar 1": (
+                params | {"scalars": params["scalars"].at[lay.ref].set(1.0)},
+                blocks_on,
+            ),
+            "both": (
+                params
+                | {"shared": pretrained_linear, "scalars": params["scalars"].at[lay.ref].set(1.0)},
+                blocks_on,
+            ),
+        }
+        for s in (1, 2, 3):
+            only = blocks_on & (stage == s)
+            if only.any():
+                cases[f"only stage {s} generated"] = (params, only)
+        _, eff = generator(params, jnp.asarray(blocks_on), lay.ref, config.model.depth, None, 1)
+        row = {"params": name, "scalar_full": float(params["scalars"][lay.ref])}
+        for s in (1, 2, 3):
+            on = blocks_on[lay.layer_block]
+            js = [j for j in range(len(targets)) if layer_stage[j] == s and on[j]]
+            if js:
+                err = metamorph.relative_error(
+                    tuple(eff[j] for j in js), tuple(targets[j] for j in js)
+                )
+                row[f"rel_error_stage{s}"] = err
+        for label, (prm, on) in cases.items():
+            w, _ = generator(prm, jnp.asarray(on), lay.ref, config.model.depth, None, 1)
+            row[f"acc: {label}"] = metamorph.accuracy(sub.module, sub.spec, w, x, y)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    pre = metamorph.accuracy(sub.module, sub.spec, sub.weights, x, y)
+    row = {"params": "pretrained", "acc: as trained": pre}
+    rows.append(row)
+    print(json.dumps(row))
+    if args.out:
+        out = pathlib.Path(args.out)
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        rec = {
+            "name": out.name,
+            "description": args.description,
+            "workdir": args.workdir,
+            "step": args.step,
+            "test_size": args.test_size,
+            "rows": rows,
+            "command": " ".join([f"python {pathlib.Path(__file__).relative_to(ROOT)}"] + args_in),
+            "commit": commit,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": reproduce.machine(),
+        }
+        out.with_suffix(".json").write_text(json.dumps(rec, indent=1) + "\n")
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+        lines = [f"# {out.name}", "", args.description, "", "| " + " | ".join(keys) + " |"]
+        lines.append("|" + "---|" * len(keys))
+        lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+        lines += [
+            "",
+            f"- command: `{rec['command']}`",
+            f"- commit: `{commit[:7]}`",
+            f"- date: {rec['date']}",
+            f"- machine: {rec['machine']['platform']}, {rec['machine']['cpu_count']} CPUs",
+        ]
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
