@@ -347,6 +347,9 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
                 # the fraction of the queries a reconstruction-only step fits (ours; 1: all):
                 # a random sample per step, an unbiased estimate at that fraction of the cost
                 "recon_fraction": 1.0,
+                # < 1: the reconstruction rate decays (cosine) over a phase's reconstruction
+                # steps to this fraction of itself (ours; 1: constant)
+                "recon_decay": 1.0,
                 # a step generates only the blocks of the buckets (of equally many blocks)
                 # added so far; 1: every block on every step (metamorph.generation_buckets)
                 "generate_buckets": 3,

@@ -783,11 +783,14 @@ class Phases:
         new = first & (b >= p * self.per_phase) & (b < (p + 1) * self.per_phase) & (b != src)
         return src, new
 
-    def learning_rate(self, lr: float, warmup: int, recon_lr: float | None = None):
+    def learning_rate(
+        self, lr: float, warmup: int, recon_lr: float | None = None, recon_decay: float = 1.0
+    ):
         """Restarted at every phase (the last one spans its steps plus `final`): the
-        `recon` warm-up steps at the constant `recon_lr` (default `lr`), then warm-up from 0
-        over `warmup` steps and cosine decay to 0 over the rest (as
-        `neumeta_learning_rate`, per phase)."""
+        `recon` warm-up steps at `recon_lr` (default `lr`; with `recon_decay` < 1 cosine
+        from it to recon_lr * recon_decay over those steps), then warm-up from 0 over
+        `warmup` steps and cosine decay to 0 over the rest (as `neumeta_learning_rate`,
+        per phase)."""
         last = (self.num - 1) * self.steps
         recon_lr = lr if recon_lr is None else recon_lr
 
@@ -798,7 +801,11 @@ class Phases:
             up = lr * (pos + 1) / max(w, 1)
             t = jnp.clip((pos - w) / jnp.maximum(length - w, 1), 0.0, 1.0)
             joint = jnp.where(pos < w, up, 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t)))
-            return jnp.where(pos < 0, recon_lr, joint)
+            r = jnp.clip(self.position(count) / max(self.recon - 1, 1), 0.0, 1.0)
+            warm = recon_lr * (
+                recon_decay + (1.0 - recon_decay) * 0.5 * (1.0 + jnp.cos(jnp.pi * r))
+            )
+            return jnp.where(pos < 0, warm, joint)
 
         return schedule
 
@@ -829,7 +836,10 @@ def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformatio
     INRs only (not on the per-width scalars or the shared classifier)."""
     o = config.optimizer
     recon_lr = config.train.get("recon_learning_rate") or None
-    schedule = make_phases(subject, config).learning_rate(o.learning_rate, o.warmup_steps, recon_lr)
+    decay = float(config.train.get("recon_decay", 1.0))
+    schedule = make_phases(subject, config).learning_rate(
+        o.learning_rate, o.warmup_steps, recon_lr, decay
+    )
 
     def decay(params):
         return {k: jax.tree.map(lambda _, k=k: k == "inr", v) for k, v in params.items()}
