@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = pathlib.Path(__file__).name
 
 
 def main(argv=None) -> None:
@@ -114,7 +116,7 @@ def main(argv=None) -> None:
             "step": args.step,
             "test_size": args.test_size,
             "rows": rows,
-            "command": " ".join([f"python {pathlib.Path(__file__).relative_to(ROOT)}"] + args_in),
+            "command": shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in]),
             "commit": commit,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": reproduce.machine(),
