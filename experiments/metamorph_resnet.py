@@ -210,15 +210,19 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     """The longest run that fits this 2-core CPU over a few sessions (resumable): the full
     training and test sets, NeuMeta 30,000 steps (~2 h here: 5,000 reconstruction steps at
     3e-3, then smoke's joint phase, 500 warm-up steps), Individual-block at the same budget,
-    Individual 1,000 steps of batch 128 per width (2.6 epochs: a weak baseline), HTTY 3
-    phases (one stage each) of 2,400 steps (the first 2,000 reconstruction only) + 200
-    joint, per-block INRs of NeuMeta's base size (256 x 4, 16 frequencies), coordinate
-    noise 0.25, uniform reconstruction weights, joint rate 1e-4, CE weight 0.1 (132 min here,
-    part of it sharing the CPU).
-    Not working whole: the run in results/htty_cpu_phases.md kept phase 1 (0.859 / 0.768 /
-    0.680 / 0.336 at 0 / 25 / 50 / 75 %, full test set) but fell to chance in phase 2,
-    whose 2,000 reconstruction steps left the stage-2 blocks far from their weights
-    (relative error 0.48 over the 18 blocks; the network needs ~0.1; README)."""
+    Individual 1,000 steps of batch 128 per width (2.6 epochs: a weak baseline); HTTY (the
+    table's row, run at b42df24) 3 phases (one stage each) of 2,400 steps (the first 2,000
+    reconstruction only) + 200 joint, per-block INRs of NeuMeta's base size (256 x 4, 16
+    frequencies), coordinate noise 0.25, uniform reconstruction weights, joint rate 1e-4,
+    CE weight 0.1 (132 min here, part of it sharing the CPU).
+    Not working whole: that run (results/htty_cpu_phases.md, at b42df24) kept phase 1
+    (0.859 / 0.768 / 0.680 / 0.336 at 0 / 25 / 50 / 75 %, full test set) but fell to chance
+    in phase 2, whose 2,000 reconstruction steps left the stage-2 blocks far from their
+    weights. The settings below (6,000 reconstruction steps per phase from an eighth of
+    the queries, 9ca17ed) fitted phase 2 to the same loss in half the time and also fell
+    to chance (results/htty_cpu_sampled_phases.md); its stage-2 blocks at relative error
+    ~0.3 alone take the network to 0.15-0.31, stage 1's at ~0.1 keep 0.51-0.79
+    (results/htty_cpu_probe_12500.md, README)."""
     c.data.train_size, c.data.test_size = 0, 0
     c.train.num_steps, c.train.recon_steps = 30000, 5000
     c.optimizer.warmup_steps = 500
@@ -252,11 +256,10 @@ def cpu(c: ml_collections.ConfigDict) -> None:
     # full width every other step) 0.824 / 0.635 / 0.516 / 0.105, relative error 0.10;
     # with 400 joint steps 0.846 / 0.787 / 0.657 / 0.153 (results/htty_phase1.md).
     # 6,000 reconstruction steps per phase, each from a random eighth of the queries: on
-    # the 9 stage-2 blocks from a random INR, 2,400 such steps (11.4 steps/s) reached 0.28,
-    # against 0.54 after 300 full steps at 1.8 steps/s (the same wall time: 0.41); a
-    # quarter, 6.5 steps/s, about the same per second; rate 1e-2 fitted slower than 3e-3
-    # (results/htty_stage2_fit_{f1_shared,f025,f025_lr1e2,f0125}.md, measured together).
-    # The run before (2,000 full steps per phase, b42df24) fell to chance in phase 2.
+    # the 9 stage-2 blocks from a random INR, 0.38 after 1,800 such steps (11.4 steps/s)
+    # against 0.54 after 300 full steps (1.8 steps/s) in about the same time; a quarter
+    # about the same per second; rate 1e-2 or a decaying rate fitted no faster
+    # (results/htty_stage2_fit_{f1_shared,f0125,f025,f025_lr1e2,f0125_decay}.md).
     c.htty.train.recon_steps, c.htty.train.recon_fraction = 6000, 0.125
     c.htty.loss.ce, c.htty.widths.full_prob = 0.1, 0.5
     c.htty.inr.hidden, c.htty.inr.num_layers, c.htty.inr.num_freqs = 256, 4, 16
