@@ -39,3 +39,13 @@ def test_records_the_rows_of_the_chosen_split(tmp_path):
     with pytest.raises(SystemExit, match="no test rows"):
         record_eval.main(["none", *argv, "--split", "test"])
     assert not (tmp_path / "none.json").exists()
+
+
+def test_write_tables_rows_with_different_columns(tmp_path):
+    rows = [{"params": "raw", "acc": 0.5, "err": 0.25}, {"params": "pretrained", "acc": 0.8}]
+    record_eval.write(tmp_path, "probe", rows, "python x.py 1", "abc1234", "what", step=7)
+    rec = json.loads((tmp_path / "probe.json").read_text())
+    assert rec["rows"] == rows and rec["step"] == 7 and rec["commit"] == "abc1234"
+    md = (tmp_path / "probe.md").read_text().splitlines()
+    assert "| params | acc | err |" in md
+    assert "| raw | 0.5000 | 0.2500 |" in md and "| pretrained | 0.8000 |  |" in md

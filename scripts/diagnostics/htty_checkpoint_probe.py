@@ -12,7 +12,6 @@ with (a) everything as trained; (b) the pretrained classifier instead of the sha
 """
 
 import argparse
-import datetime
 import json
 import pathlib
 import shlex
@@ -37,9 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--description", default="")
     args_in = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(args_in)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import reproduce
-
+    sys.path.insert(0, str(ROOT / "scripts" / "diagnostics"))
     from wsl.methods import metamorph
     from wsl.train import checkpoint, loop, parallel
 
@@ -105,36 +102,17 @@ def main(argv=None) -> None:
     rows.append(row)
     print(json.dumps(row))
     if args.out:
-        out = pathlib.Path(args.out)
+        import record_eval
+
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
-        rec = {
-            "name": out.name,
-            "description": args.description,
-            "workdir": args.workdir,
-            "step": args.step,
-            "test_size": args.test_size,
-            "rows": rows,
-            "command": shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in]),
-            "commit": commit,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": reproduce.machine(),
-        }
-        out.with_suffix(".json").write_text(json.dumps(rec, indent=1) + "\n")
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-        lines = [f"# {out.name}", "", args.description, "", "| " + " | ".join(keys) + " |"]
-        lines.append("|" + "---|" * len(keys))
-        lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
-        lines += [
-            "",
-            f"- command: `{rec['command']}`",
-            f"- commit: `{commit[:7]}`",
-            f"- date: {rec['date']}",
-            f"- machine: {rec['machine']['platform']}, {rec['machine']['cpu_count']} CPUs",
-        ]
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        out = pathlib.Path(args.out)
+        command = shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in])
+        record_eval.write(
+            out.parent, out.name, rows, command, commit, args.description,
+            workdir=args.workdir, step=args.step, test_size=args.test_size,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,9 +26,6 @@ def main(argv=None) -> None:
     p.add_argument("--split", default="eval", help="the metrics.jsonl rows to record")
     p.add_argument("--out", default=str(ROOT / "results"), help="where NAME.{json,md} go")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import reproduce
-
     with open(pathlib.Path(args.workdir) / "metrics.jsonl") as f:
         logged = [r for r in map(json.loads, f) if r.get("split") == args.split]
     if not logged:
@@ -36,28 +33,28 @@ def main(argv=None) -> None:
     skip = ("split", "step")
     metrics = args.metrics.split(",") if args.metrics else [k for k in logged[-1] if k not in skip]
     rows = [{"step": r["step"]} | {m: r.get(m) for m in metrics} for r in logged]
-    rec = {
-        "name": args.name,
-        "description": args.description,
-        "command": args.command,
-        "commit": args.commit,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": reproduce.machine(),
-        "rows": rows,
-    }
-    out = pathlib.Path(args.out)
-    (out / f"{args.name}.json").write_text(json.dumps(rec, indent=1) + "\n")
-    cols = list(rows[-1])
-    md = (
-        [f"# {args.name}", "", args.description, ""] if args.description else [f"# {args.name}", ""]
-    )
+    write(pathlib.Path(args.out), args.name, rows, args.command, args.commit, args.description)
+
+
+def write(out: pathlib.Path, name: str, rows, command: str, commit: str, description="", **extra):
+    """results NAME.{json,md} in `out`: `rows` (dicts; the table's columns are all their
+    keys, in order of appearance) with the command, commit, date and this machine;
+    `extra` fields go into the JSON only."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+
+    rec = {"name": name, "description": description, "command": command, "commit": commit}
+    rec |= {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    rec |= {"machine": reproduce.machine(), **extra, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(rec, indent=1) + "\n")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    md = [f"# {name}", "", description, ""] if description else [f"# {name}", ""]
     md += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-    for r in rows:
-        md.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    md += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     m = rec["machine"]
-    md += ["", f"- command: `{args.command}`", f"- commit: `{args.commit}`"]
+    md += ["", f"- command: `{command}`", f"- commit: `{commit}`"]
     md += [f"- date: {rec['date']}", f"- machine: {m['platform']}, {m['cpu_count']} CPUs"]
-    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
 
 
 def _fmt(v) -> str:
