@@ -541,11 +541,13 @@ def test_generating_only_the_added_blocks_gives_the_same_steps_as_generating_all
         c.train.generate_buckets = buckets
         tx = metamorph.make_htty_optimizer(sub, c)
         task = metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
-        state, logs, seen = task.init(jax.random.key(0)), [], set()
+        state, logs, seen, fns = task.init(jax.random.key(0)), [], set(), {}
         for i in range(phases.num_steps):
             v = task.variant(i) if name != "all" else None
             seen.add(v)
-            fn = jax.jit(functools.partial(task.train_step, variant=v))
+            if v not in fns:  # one compilation per variant, as the loop does
+                fns[v] = jax.jit(functools.partial(task.train_step, variant=v))
+            fn = fns[v]
             state, m = fn(state, task.batch(i), jax.random.key(i))
             state = state.replace(step=state.step + 1)
             logs.append(m)
@@ -580,36 +582,41 @@ def test_htty_evaluation_at_a_phase_end_uses_the_blocks_trained_so_far():
     assert task.evaluate(state.replace(step=jnp.asarray(7)))["blocks_added"] == 3
 
 
-@pytest.mark.parametrize("weighting", ["neumeta", "uniform"])
-def test_sampled_reconstruction_is_the_full_one_at_fraction_1_and_unbiased_below(weighting):
+def test_sampled_reconstruction_is_the_full_one_at_fraction_1_and_unbiased_below():
     """`sampled_recon` from every query equals `_per_layer_recon` of the generated weights
-    (with a per-layer scale, as HTTY's per-width scalar on the residual branch); from a
-    quarter of the queries its mean over draws matches it; a step on it lowers the loss."""
+    (with a per-layer scale, as HTTY's per-width scalar on the residual branch; both
+    weightings); from a quarter of the queries its mean over draws matches it; a step on
+    it lowers the loss."""
     sub, _, inr = _htty(8)
     plan = sub.plan
     params = hyper.init_params(inr, jax.random.key(0), plan)
     shape = hyper.full_shape(plan)
     targets = tuple(sub.weights[i] for i in plan.layers)
-    table = metamorph.query_targets(plan, targets, inr.kernel_size, True, weighting)
     scale = jnp.asarray(np.linspace(0.5, 1.5, len(plan.layers)), jnp.float32)
     key = jax.random.key(4)
     gen = hyper.generate(inr, params, plan, shape, jax.random.split(key)[0], 0.5, 16.0)
     eff = tuple({r: a * scale[j] for r, a in g.items()} for j, g in enumerate(gen))
-    full = metamorph._per_layer_recon(eff, targets, True, weighting)
+    for weighting in ("uniform", "neumeta"):  # the table of the last one is used below
+        table = metamorph.query_targets(plan, targets, inr.kernel_size, True, weighting)
+        full = metamorph._per_layer_recon(eff, targets, True, weighting)
+        got = metamorph.sampled_recon(inr, params, plan, shape, table, scale, key, 1.0, 0.5, 16.0)
+        np.testing.assert_allclose(got, full, rtol=1e-4)
 
     def est(params, key, fraction):
         return metamorph.sampled_recon(
             inr, params, plan, shape, table, scale, key, fraction, 0.5, 16.0
         )
 
-    np.testing.assert_allclose(est(params, key, 1.0), full, rtol=1e-4)
     # noise-free coordinates: the draws differ only in which queries are sampled
     many = jax.vmap(lambda k: metamorph.sampled_recon(
         inr, params, plan, shape, table, scale, k, 0.25, 0.0, 16.0
-    ))(jax.random.split(jax.random.key(5), 400))  # fmt: skip
+    ))(jax.random.split(jax.random.key(5), 300))  # fmt: skip
     exact = metamorph.sampled_recon(inr, params, plan, shape, table, scale, key, 1.0, 0.0, 16.0)
-    np.testing.assert_allclose(many.mean(0), exact, rtol=0.05)
-    assert np.all(np.std(np.asarray(many), 0) > 1e-3 * np.asarray(exact))  # really sampled
+    many = np.asarray(many, np.float64)
+    stderr = many.std(0) / np.sqrt(len(many))
+    assert np.all(stderr > 1e-4 * np.asarray(exact))  # really sampled
+    assert np.all(np.abs(many.mean(0) - exact) < 4 * stderr), (many.mean(0), exact, stderr)
+    assert np.all(np.abs(many.mean(0) - exact) < 0.1 * np.asarray(exact))
     grad = jax.grad(lambda p: jnp.sum(est(p, key, 0.25)))(params)
     moved = jax.tree.map(lambda p, g: p - 1e-3 * g, params, grad)
     assert float(jnp.sum(est(moved, key, 0.25))) < float(jnp.sum(est(params, key, 0.25)))
@@ -621,10 +628,11 @@ def test_htty_reconstruction_steps_from_a_sample_of_queries():
     c.train.recon_fraction = 0.25
     tx = metamorph.make_htty_optimizer(sub, c)
     task = metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
-    state, recon = task.init(jax.random.key(0)), []
+    state, recon, fns = task.init(jax.random.key(0)), [], {}
     for i in range(12):
-        fn = jax.jit(functools.partial(task.train_step, variant=task.variant(i)))
-        state, m = fn(state, task.batch(i), jax.random.key(i))
+        v = task.variant(i)
+        fns.setdefault(v, jax.jit(functools.partial(task.train_step, variant=v)))
+        state, m = fns[v](state, task.batch(i), jax.random.key(i))
         state = state.replace(step=state.step + 1)
         recon.append(float(m["recon"]))
         assert np.isnan(float(m["ce"])) == (i < 10)
