@@ -476,6 +476,10 @@ def test_htty_phases_start_with_a_reconstruction_warm_up_at_its_own_rate():
     np.testing.assert_allclose([lr(2), lr(6), lr(10)], 1e-2, rtol=1e-6)  # 1 warm-up step
     assert float(lr(13)) < float(lr(11)) < 1e-2  # the last phase's cosine spans final too
     decayed = phases.learning_rate(1e-2, 1, 3e-3, recon_decay=0.1)  # cosine 3e-3 -> 3e-4
+    c.train.recon_decay = 2.0
+    with pytest.raises(loop.UserError, match="recon_decay=2.0 must be"):
+        metamorph.make_htty_optimizer(sub, c)
+    c.train.recon_decay = 1.0
     np.testing.assert_allclose([decayed(4), decayed(5), decayed(6)], [3e-3, 3e-4, 1e-2], rtol=1e-5)
     no_recon = dataclasses.replace(phases, recon=0).learning_rate(1e-2, 1)
     np.testing.assert_allclose([no_recon(0), no_recon(4)], 1e-2, rtol=1e-6)

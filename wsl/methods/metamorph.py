@@ -836,9 +836,11 @@ def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformatio
     INRs only (not on the per-width scalars or the shared classifier)."""
     o = config.optimizer
     recon_lr = config.train.get("recon_learning_rate") or None
-    decay = float(config.train.get("recon_decay", 1.0))
+    recon_decay = float(config.train.get("recon_decay", 1.0))
+    if not 0.0 <= recon_decay <= 1.0:
+        raise loop.UserError(f"htty.train.recon_decay={recon_decay} must be in [0, 1]")
     schedule = make_phases(subject, config).learning_rate(
-        o.learning_rate, o.warmup_steps, recon_lr, decay
+        o.learning_rate, o.warmup_steps, recon_lr, recon_decay
     )
 
     def decay(params):
