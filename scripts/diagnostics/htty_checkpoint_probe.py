@@ -64,19 +64,15 @@ def main(argv=None) -> None:
     targets = [sub.weights[i] for i in sub.plan.layers]
     pretrained_linear = {f"layer{i}": sub.weights[i] for i in sub.shared}
     rows = []
+    layer_on = blocks_on[lay.layer_block]
     for name, params in (("raw", state.params), ("ema", state.model_state["ema"])):
+        classifier = {"shared": pretrained_linear}
+        unit = {"scalars": params["scalars"].at[lay.ref].set(1.0)}
         cases = {
             "as trained": (params, blocks_on),
-            "pretrained classifier": (params | {"shared": pretrained_linear}, blocks_on),
-            "full-width scalar 1": (
-                params | {"scalars": params["scalars"].at[lay.ref].set(1.0)},
-                blocks_on,
-            ),
-            "both": (
-                params
-                | {"shared": pretrained_linear, "scalars": params["scalars"].at[lay.ref].set(1.0)},
-                blocks_on,
-            ),
+            "pretrained classifier": (params | classifier, blocks_on),
+            "full-width scalar 1": (params | unit, blocks_on),
+            "both": (params | classifier | unit, blocks_on),
         }
         for s in (1, 2, 3):
             only = blocks_on & (stage == s)
@@ -85,8 +81,7 @@ def main(argv=None) -> None:
         _, eff = generator(params, jnp.asarray(blocks_on), lay.ref, config.model.depth, None, 1)
         row = {"params": name, "scalar_full": float(params["scalars"][lay.ref])}
         for s in (1, 2, 3):
-            on = blocks_on[lay.layer_block]
-            js = [j for j in range(len(targets)) if layer_stage[j] == s and on[j]]
+            js = [j for j in range(len(targets)) if layer_stage[j] == s and layer_on[j]]
             if js:
                 err = metamorph.relative_error(
                     tuple(eff[j] for j in js), tuple(targets[j] for j in js)

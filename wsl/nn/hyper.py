@@ -256,14 +256,17 @@ def apply(inr: INR, params, plan: Plan, x: jax.Array) -> dict[str, jax.Array]:
     queries (`_groups`), the outputs put back in query order."""
     if not plan.blocks:
         return inr.apply({"params": params}, x)
-    outs, order = [], []
-    for members, gather in _groups(plan):
-        p = jax.tree.map(lambda a, m=members: a[m], params)
-        out = jax.vmap(lambda p, r: inr.apply({"params": p}, r))(p, x[gather])
-        outs.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out))
-        order.append(gather.ravel())
-    back = jnp.asarray(np.argsort(np.concatenate(order)))
+    outs = [_apply_group(inr, params, members, x[gather]) for members, gather in _groups(plan)]
+    back = jnp.asarray(np.argsort(np.concatenate([g.ravel() for _, g in _groups(plan)])))
     return jax.tree.map(lambda *a: jnp.concatenate(a)[back], *outs)
+
+
+def _apply_group(inr: INR, params, members, x: jax.Array) -> dict[str, jax.Array]:
+    """The stacked INRs `members` (n,) on their queries `x` (n, count, 6), one vmapped
+    call; outputs flattened to (n * count, ...) in that order."""
+    p = jax.tree.map(lambda a: a[members], params)
+    out = jax.vmap(lambda p, r: inr.apply({"params": p}, r))(p, x)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
 
 
 def apply_sampled(inr: INR, params, plan: Plan, x: jax.Array, key: jax.Array, fraction: float):
@@ -286,9 +289,7 @@ def apply_sampled(inr: INR, params, plan: Plan, x: jax.Array, key: jax.Array, fr
         m = max(1, int(round(fraction * count)))
         cols = jax.random.permutation(jax.random.fold_in(key, g), count)[:m]
         q = jnp.asarray(gather)[:, cols]
-        p = jax.tree.map(lambda a, m=members: a[m], params)
-        out = jax.vmap(lambda p, r: inr.apply({"params": p}, r))(p, x[q])
-        outs.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out))
+        outs.append(_apply_group(inr, params, members, x[q]))
         idx.append(q.ravel())
         inv.append(jnp.full((q.size,), count / m))
     cat = lambda *a: jnp.concatenate(a)  # noqa: E731
