@@ -23,15 +23,19 @@ _CACHE: dict = {}
 
 
 def _bumped(variables, key):
-    """Non-trivial BatchNorm statistics and affine parameters."""
+    """Non-trivial BatchNorm statistics (means ~ N(0, 0.2^2), variances in [0.5, 1.5]) and
+    affine parameters; the networks stay alive (their outputs differ between inputs:
+    `_alive`), so comparing outputs tests something."""
     stats = variables["batch_stats"]
-    leaves, tree = jax.tree.flatten(stats)
-    ks = jax.random.split(key, 2 * len(leaves))
+    paths, tree = jax.tree_util.tree_flatten_with_path(stats)
+    ks = jax.random.split(key, 2 * len(paths))
     stats = jax.tree.unflatten(
         tree,
         [
-            jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5)
-            for k, x in zip(ks[: len(leaves)], leaves, strict=True)
+            0.2 * jax.random.normal(k, x.shape)
+            if path[-1].key == "mean"
+            else jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5)
+            for k, (path, x) in zip(ks[: len(paths)], paths, strict=True)
         ],
     )
     params = jax.tree.map(
@@ -59,6 +63,15 @@ def folded8():
 
 def run(module, s, weights):
     return np.asarray(module.apply(convert.canonical_to_flax(s, weights), X))
+
+
+def test_fixture_networks_are_alive():
+    """The toy networks' outputs differ between inputs (with all-negative pre-activations
+    every output would be the classifier's bias, and output comparisons would be empty)."""
+    m, v, _ = resnet8()
+    assert np.asarray(m.apply(v, X)).std(0).max() > 0.1
+    for depth in (8, 14):
+        assert run(*folded(depth)).std(0).max() > 0.1
 
 
 # ---- preparation --------------------------------------------------------------------
@@ -576,6 +589,56 @@ def test_generating_only_the_added_blocks_gives_the_same_steps_as_generating_all
             assert np.isnan(float(n["ce"])) == warm  # reconstruction only: the net is not run
             if not warm:
                 np.testing.assert_allclose(m["ce"], n["ce"], rtol=1e-4)
+
+
+def test_per_block_scalars_start_every_block_as_the_identity_and_are_never_copied():
+    """branch_scalar=per_block (the reference's skip-init alpha, init 0): an added block's
+    residual branch is zero, so the network is the pretrained one with that block removed;
+    reconstruction sees the raw generated weights; the cross-entropy moves the scalars of
+    the added blocks only, and a phase start copies INRs, not scalars."""
+    sub, c, inr = _htty(8, per_phase=1, steps=3)
+    c.model.branch_scalar = "per_block"
+    lay = metamorph.htty_layout(sub, c.model.train_depths)
+    task = metamorph.make_htty_task(sub, inr, optax.adam(1e-2), DATA, c, parallel.make_mesh())
+    state = task.init(jax.random.key(0))
+    np.testing.assert_array_equal(state.params["scalars"], np.zeros(3))
+    gen = metamorph.htty_generator(sub, inr, lay, c)
+    on = np.array([True, True, False])
+    w, eff = gen(state.params, on, lay.ref, 8, None, 1)
+    raw = hyper.generate(
+        inr, state.params["inr"], sub.plan, hyper.full_shape(sub.plan), norm=c.inr.norm
+    )
+    for j, i in enumerate(sub.plan.layers):
+        block_on = on[lay.layer_block[j]]
+        for r in raw[j]:
+            np.testing.assert_allclose(eff[j][r], raw[j][r], rtol=1e-5, atol=1e-7)  # unscaled
+            if lay.branch_out[j] and block_on:  # conv2 of an added block: zero
+                assert np.all(np.asarray(w[i][r]) == 0)
+            elif block_on:
+                np.testing.assert_allclose(w[i][r], raw[j][r], rtol=1e-5, atol=1e-7)
+            else:  # not added yet: pretrained
+                np.testing.assert_array_equal(w[i][r], sub.weights[i][r])
+    # with blocks 0 and 1 added, the network is the pretrained one without them
+    m, s, _ = folded(8)
+    names = [layer.name for layer in s.layers]
+    cut = list(sub.weights)
+    for b in sub.blocks[:2]:
+        i = names.index(f"{b}/conv2")
+        cut[i] = {r: jnp.zeros_like(a) for r, a in cut[i].items()}
+    np.testing.assert_allclose(run(m, s, w), run(m, s, tuple(cut)), rtol=1e-5, atol=1e-6)
+    step = jax.jit(task.train_step)
+    for i in range(3):  # phase 0: block 0 only
+        state, _ = step(state, task.batch(i), jax.random.key(i))
+        state = state.replace(step=state.step + 1)
+    a = np.asarray(state.params["scalars"])
+    assert a[0] != 0 and a[1] == 0 and a[2] == 0
+    moved = metamorph.copy_blocks(state.params, 0, jnp.array([False, True, False]))
+    np.testing.assert_array_equal(moved["scalars"], a)  # block 1 will start at 0
+    assert np.array_equal(moved["inr"]["input"]["kernel"][1],
+                          state.params["inr"]["input"]["kernel"][0])  # fmt: skip
+    c.model.branch_scalar = "per_channel"
+    with pytest.raises(loop.UserError, match="branch_scalar"):
+        metamorph.make_htty_task(sub, inr, optax.sgd(0.0), DATA, c, parallel.make_mesh())
 
 
 def test_htty_evaluation_at_a_phase_end_uses_the_blocks_trained_so_far():

@@ -6,9 +6,10 @@
 At full width and depth, noiseless generation, with the raw parameters and with their EMA:
 per-stage relative error of the generated blocks, and the test accuracy of the network
 with (a) everything as trained; (b) the pretrained classifier instead of the shared one;
-(c) the full-width scalar set to 1; (d) (b) and (c); (e) only the stage-1 blocks generated
-(the others pretrained); (f) only stage 2's; (g) only stage 3's. Prints a table; with
---out writes NAME.{json,md} with the command, commit, date and machine.
+(c) the full-width scalar (per-block scalars: every one) set to 1; (d) (b) and (c);
+(e) only the stage-1 blocks generated (the others pretrained); (f) only stage 2's; (g) only
+stage 3's. Prints a table; with --out writes NAME.{json,md} with the command, commit, date
+and machine.
 """
 
 import argparse
@@ -67,7 +68,9 @@ def main(argv=None) -> None:
     layer_on = blocks_on[lay.layer_block]
     for name, params in (("raw", state.params), ("ema", state.model_state["ema"])):
         classifier = {"shared": pretrained_linear}
-        unit = {"scalars": params["scalars"].at[lay.ref].set(1.0)}
+        per_block = metamorph.branch_scalar(config)[0]
+        ones = jnp.ones_like(params["scalars"])  # per block: every block's alpha 1
+        unit = {"scalars": ones if per_block else params["scalars"].at[lay.ref].set(1.0)}
         cases = {
             "as trained": (params, blocks_on),
             "pretrained classifier": (params | classifier, blocks_on),
@@ -79,7 +82,8 @@ def main(argv=None) -> None:
             if only.any():
                 cases[f"only stage {s} generated"] = (params, only)
         _, eff = generator(params, jnp.asarray(blocks_on), lay.ref, config.model.depth, None, 1)
-        row = {"params": name, "scalar_full": float(params["scalars"][lay.ref])}
+        scalars = params["scalars"] if per_block else params["scalars"][lay.ref]
+        row = {"params": name, "scalar_full": np.asarray(scalars).round(4).tolist()}
         for s in (1, 2, 3):
             js = [j for j in range(len(targets)) if layer_stage[j] == s and layer_on[j]]
             if js:

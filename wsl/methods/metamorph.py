@@ -74,10 +74,13 @@ and BatchNorm replacement. Here (`make_htty_task`, settings in `config.htty`):
         reference (largest) group, every added block's inner width round(full * h / 64);
         a depth from `model.train_depths`; loss = CE + recon + L2 as NeuMeta's, over the
         added blocks (recon on full-width, full-depth steps).
-    shared by all blocks and configurations: per-width scalars s[h] (init 1) multiplying
-        every generated block's residual-branch output (conv2's kernel and bias), the
-        stand-in for the per-width statistics a BatchNorm would have re-estimated; and the
-        classifier `linear`, trained directly from its pretrained weights.
+    branch scalars (`model.branch_scalar`) multiplying every generated block's
+        residual-branch output (conv2's kernel and bias): `per_block`, the authors' code's
+        skip-init alpha, one per block shared by all widths, init 0 (a block enters as the
+        identity; reconstruction compares the unscaled weights); or `per_width` (ours),
+        s[h] per width shared by all blocks, init 1, the stand-in for the per-width
+        statistics a BatchNorm would have re-estimated. And the classifier `linear`,
+        shared by all configurations, trained directly from its pretrained weights.
     depth: the coordinates carry (l, L). ResNet-d (d = 6n + 2) inside ResNet56 keeps the
         first n blocks of every stage, renumbers the kept layers (l) and sets L to their
         count (`depth_config`); a dropped block's weights are zero, so it computes the
@@ -85,8 +88,10 @@ and BatchNorm replacement. Here (`make_htty_task`, settings in `config.htty`):
     evaluation: as NeuMeta's (EMA parameters, K-sample average) at every compression of
         all inner widths, and at `model.eval_depths` (never trained) at full width.
 
-Choices the paper leaves open to us (we could read its abstract; its code,
-TSommariva/HTTY_NeuMeta, was not available), made here and configurable where marked:
+Choices the paper leaves open to us, made here and configurable where marked (written when
+only its abstract was available to us; its code, published as
+TSommariva/How-to-Train-Your-Metamorphic-Deep-Neural-Network, has since been read: the
+`paper` config follows it where we have the knob, experiments/metamorph_resnet.py):
     1. one INR per residual block (not one for the network), all of NeuMeta's shape; the
        blocks with equally many queries run in one vmapped call (`hyper.apply`).
     2. order of the blocks: from the input (`model.order`, or output_first); all added
@@ -103,9 +108,10 @@ TSommariva/HTTY_NeuMeta, was not available), made here and configurable where ma
     4. what is metamorphic: the inner widths of all blocks; the residual stream keeps
        16/32/64 channels (so option-A shortcuts stay exact), the stem conv stays pretrained
        and frozen, the classifier is shared.
-    5. the BatchNorm stand-in: one scalar per reference width h, shared by all blocks, on the
-       residual branch; a width never trained uses the scalar of the nearest trained width.
-       Weight decay applies to the INRs only.
+    5. the BatchNorm stand-in (`model.branch_scalar`): per_width, one scalar per reference
+       width h, shared by all blocks, on the residual branch (a width never trained uses
+       the scalar of the nearest trained width), or per_block as the authors' code. Weight
+       decay applies to the INRs only.
     6. reconstruction compares the effective weights (after the scalar) with the pretrained
        ones; depth training samples `model.train_depths` uniformly (default: 56 only, so
        every shallower depth is never trained); blocks are dropped from the end of stages.
@@ -624,20 +630,33 @@ def htty_sizes(lay: HTTYLayout, h, active_blocks):
     return jnp.where(on, scaled, jnp.asarray(lay.full))
 
 
-def htty_weights(subject: Subject, lay: HTTYLayout, params, gen, active, keep, h_index):
-    """Canonical weights of the network: the generated layers of active blocks (those
-    writing the residual stream times the shared per-width scalar `scalars[h_index]`),
-    the pretrained weights in blocks not yet added, the shared layers from `params`, and
-    every layer multiplied by `keep` (0 for dropped blocks). Returns (weights, the
-    effective generated arrays)."""
-    scale = params["scalars"][h_index]
+def branch_scales(lay: HTTYLayout, params, h, per_block: bool):
+    """(net, recon): (num_generated,) multipliers of the generated layers. The layers that
+    write the residual stream (conv2) take the shared scalar: with `per_block` (the
+    reference's skip-init alpha) their block's `scalars[block]`, which reconstruction
+    leaves out (it compares the raw generated weights); else the width's `scalars[h]`,
+    which reconstruction includes. Every other layer: 1."""
+    out = jnp.asarray(lay.branch_out)
+    if per_block:
+        return jnp.where(out, params["scalars"][jnp.asarray(lay.layer_block)], 1.0), jnp.ones(
+            out.shape
+        )
+    scale = jnp.where(out, params["scalars"][h], 1.0)
+    return scale, scale
+
+
+def htty_weights(subject: Subject, lay: HTTYLayout, params, gen, active, keep, scales):
+    """Canonical weights of the network: the generated layers of active blocks times
+    `scales[0]` (`branch_scales`), the pretrained weights in blocks not yet added, the
+    shared layers from `params`, and every layer multiplied by `keep` (0 for dropped
+    blocks). Returns (weights, the generated arrays times `scales[1]`: what
+    reconstruction and L2 see)."""
+    net, rec = scales
     weights, effective = list(subject.weights), []
     for j, i in enumerate(subject.plan.layers):
         g = gen[j]
-        if lay.branch_out[j]:
-            g = {r: a * scale for r, a in g.items()}
-        effective.append(g)
-        weights[i] = {r: jnp.where(active[j], g[r], subject.weights[i][r]) for r in g}
+        effective.append({r: a * rec[j] for r, a in g.items()})
+        weights[i] = {r: jnp.where(active[j], g[r] * net[j], subject.weights[i][r]) for r in g}
     for i in subject.shared:
         weights[i] = params["shared"][f"layer{i}"]
     weights = tuple({r: a * keep[i] for r, a in w.items()} for i, w in enumerate(weights))
@@ -852,9 +871,28 @@ def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformatio
     )
 
 
+BRANCH_SCALARS = ("per_width", "per_block")
+
+
+def branch_scalar(config) -> tuple[bool, float]:
+    """(per_block, init) from `model.branch_scalar` (per_width: ours, one scalar per width
+    shared by all blocks, init 1; per_block: the reference's skip-init alpha, one per block
+    shared by all widths, init 0, so a block enters as the identity) and
+    `model.branch_scalar_init` (default: 1 per width, 0 per block)."""
+    kind = config.model.get("branch_scalar", "per_width")
+    if kind not in BRANCH_SCALARS:
+        raise loop.UserError(
+            f"htty.model.branch_scalar={kind!r}: choose one of {list(BRANCH_SCALARS)}"
+        )
+    per_block = kind == "per_block"
+    init = config.model.get("branch_scalar_init", None)
+    return per_block, float((0.0 if per_block else 1.0) if init is None else init)
+
+
 def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> loop.Task:
     """HTTY's loop Task. Params: {"inr": per-block INRs (stacked), "scalars": (ref + 1,)
-    per-width scalars, "shared": the shared layers}; their EMA in `state.model_state`.
+    per-width or (num_blocks,) per-block scalars (`branch_scalar`), "shared": the shared
+    layers}; their EMA in `state.model_state`.
     Every step: add the phase's new blocks if it starts (`copy_blocks` on params, EMA and
     optimiser moments), sample a width h in [h_lo, ref] (ref with `widths.full_prob`) and
     a training depth, generate all blocks in one call, use the active blocks' weights and
@@ -894,12 +932,14 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
         query_targets(sub, [targets[j] for j in js], inr.kernel_size, *recon_options)
         for sub, js in subs
     ] if fraction < 1 else None  # fmt: skip
+    per_block, scalar_init = branch_scalar(config)
+    num_scalars = plan.num_inrs if per_block else lay.ref + 1
 
     def init(key):
         pkey, skey = jax.random.split(key)
         params = {
             "inr": hyper.init_params(inr, pkey, plan),
-            "scalars": jnp.ones((lay.ref + 1,), jnp.float32),
+            "scalars": jnp.full((num_scalars,), scalar_init, jnp.float32),
             "shared": {f"layer{i}": subject.weights[i] for i in subject.shared},
         }
         return loop.new_state(params, tx.init(params), skey, model_state={"ema": params})
@@ -935,7 +975,7 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
             sub_shape = hyper.Shape(shape.sizes, shape.layer_ids[jnp.asarray(js)], shape.num_layers)
             if not net and tables is not None:  # reconstruction from a sample of queries
                 on = active[jnp.asarray(js)]
-                scale = jnp.where(lay.branch_out[list(js)], params["scalars"][h], 1.0)
+                scale = branch_scales(lay, params, h, per_block)[1][jnp.asarray(js)]
                 per_layer = sampled_recon(
                     inr, inr_params, sub, sub_shape, tables[k], scale, k_noise, fraction,
                     config.noise, config.inr.norm,
@@ -949,7 +989,8 @@ def make_htty_task(subject: Subject, inr: hyper.INR, tx, data, config, mesh) -> 
             gen = list(targets)
             for j, g in zip(js, part, strict=True):
                 gen[j] = g
-            weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], h)
+            scales = branch_scales(lay, params, h, per_block)
+            weights, eff = htty_weights(subject, lay, params, gen, active, keep_tab[d], scales)
             recon = jnp.sum(active * _per_layer_recon(eff, targets, *recon_options)) / n_active
             recon = jnp.where(is_full, recon, 0.0)
             l2 = sum(
@@ -1010,6 +1051,7 @@ def htty_generator(subject: Subject, inr, lay: HTTYLayout, config):
     part the mean of `k` generations (k = 1: noiseless); jitted once per k."""
     plan = subject.plan
     h_lo = max(1, int(round(lay.ref * (1.0 - config.widths.train_max_compression))))
+    per_block = branch_scalar(config)[0]
 
     @functools.partial(jax.jit, static_argnums=(6,))
     def run(params, blocks_on, h, ids, num_layers, keep, k, key):
@@ -1020,7 +1062,8 @@ def htty_generator(subject: Subject, inr, lay: HTTYLayout, config):
         else:
             gen = hyper.generate_mean(inr, params["inr"], plan, shape, key, k, config.noise, norm)
         active = blocks_on[jnp.asarray(lay.layer_block)]
-        return htty_weights(subject, lay, params, gen, active, keep, jnp.clip(h, h_lo, lay.ref))
+        scales = branch_scales(lay, params, jnp.clip(h, h_lo, lay.ref), per_block)
+        return htty_weights(subject, lay, params, gen, active, keep, scales)
 
     def generate(params, blocks_on, h, depth, key, k):
         ids, num_layers, keep = depth_config(subject, depth)
