@@ -34,14 +34,18 @@ NETS = {
 
 
 def _randomise_bn(variables, key):
-    """Give BatchNorm statistics non-trivial values so that folding is really tested."""
+    """Give BatchNorm statistics non-trivial values so that folding is really tested: means
+    ~ N(0, 0.2^2), variances in [0.5, 1.5] (positive means of ~1 would leave every ReLU of
+    a ResNet off and its outputs constant: `test_test_networks_are_alive`)."""
     if "batch_stats" not in variables:
         return variables
-    leaves, tree = jax.tree.flatten(variables["batch_stats"])
-    keys = jax.random.split(key, len(leaves))
+    paths, tree = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])
+    keys = jax.random.split(key, len(paths))
     new = [
-        jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5)
-        for k, x in zip(keys, leaves, strict=True)
+        0.2 * jax.random.normal(k, x.shape)
+        if path[-1].key == "mean"
+        else jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5)
+        for k, (path, x) in zip(keys, paths, strict=True)
     ]
     stats = jax.tree.unflatten(tree, new)
     bumped = jax.tree_util.tree_map_with_path(
@@ -78,6 +82,14 @@ def max_tree_diff(a, b):
         float(jnp.max(jnp.abs(jnp.asarray(x) - jnp.asarray(y))))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
+
+def test_test_networks_are_alive():
+    """Every test network's outputs differ between its inputs, so the tests that compare
+    outputs (folding, permutations, round trips) compare something."""
+    for name in NETS:
+        module, variables, _, x = build(name)
+        assert forward(module, variables, x).std(0).max() > 1e-2, name
 
 
 # ---- spec -----------------------------------------------------------------------
