@@ -289,7 +289,8 @@ def htty(smoke: bool) -> ml_collections.ConfigDict:
     # pretrained), one block per phase for 50 epochs, a skip-init scalar per block (0),
     # INR 512 x 8 with 32 frequencies, plain MSE reconstruction, AdamW 8e-4 / 1e-4, no EMA,
     # K = 100. Theirs and not ours: one MLP per weight tensor, a constant rate after each
-    # stage's 20-epoch warm-up, a fresh INR for every stage's first generated block.
+    # stage's 20-epoch warm-up, a fresh INR for every stage's first generated block, the
+    # scalars' own AdamW (1e-4, weight decay 1e-2), the classifier's own rate (7e-5).
     generated = r"layer\d_\d+" if smoke else r"layer(1_[1-8]|2_[1-8]|3_[1-7])"
     return ml_collections.ConfigDict(
         {
