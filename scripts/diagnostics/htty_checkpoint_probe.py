@@ -66,9 +66,9 @@ def main(argv=None) -> None:
     pretrained_linear = {f"layer{i}": sub.weights[i] for i in sub.shared}
     rows = []
     layer_on = blocks_on[lay.layer_block]
+    classifier = {"shared": pretrained_linear}
+    per_block = metamorph.branch_scalar(config)[0]
     for name, params in (("raw", state.params), ("ema", state.model_state["ema"])):
-        classifier = {"shared": pretrained_linear}
-        per_block = metamorph.branch_scalar(config)[0]
         ones = jnp.ones_like(params["scalars"])  # per block: every block's alpha 1
         unit = {"scalars": ones if per_block else params["scalars"].at[lay.ref].set(1.0)}
         cases = {

@@ -112,12 +112,12 @@ TSommariva/How-to-Train-Your-Metamorphic-Deep-Neural-Network, has since been rea
        width h, shared by all blocks, on the residual branch (a width never trained uses
        the scalar of the nearest trained width), or per_block as the authors' code. Weight
        decay applies to the INRs only.
-    6. reconstruction compares the effective weights (after the scalar) with the pretrained
-       ones; depth training samples `model.train_depths` uniformly (default: 56 only, so
-       every shallower depth is never trained); blocks are dropped from the end of stages.
-    7. the `paper` schedule and INR size (10 epochs per block, 30 more at the end; INR 256 x
-       4 layers, 16 frequencies per block; NeuMeta's optimiser, loss weights, noise, EMA):
-       our guesses, not the paper's published numbers.
+    6. reconstruction compares the effective weights (after a per-width scalar; before a
+       per-block one) with the pretrained ones; depth training samples `model.train_depths`
+       uniformly (default: 56 only, so every shallower depth is never trained); blocks are
+       dropped from the end of stages.
+    7. the `paper` schedule and INR size: now the authors' code's (CIFAR-100 configs; the
+       config's docstring lists what we do not follow).
 """
 
 from __future__ import annotations
@@ -638,9 +638,8 @@ def branch_scales(lay: HTTYLayout, params, h, per_block: bool):
     which reconstruction includes. Every other layer: 1."""
     out = jnp.asarray(lay.branch_out)
     if per_block:
-        return jnp.where(out, params["scalars"][jnp.asarray(lay.layer_block)], 1.0), jnp.ones(
-            out.shape
-        )
+        alpha = params["scalars"][jnp.asarray(lay.layer_block)]
+        return jnp.where(out, alpha, 1.0), jnp.ones(out.shape)
     scale = jnp.where(out, params["scalars"][h], 1.0)
     return scale, scale
 
@@ -852,7 +851,7 @@ def generation_buckets(phases: Phases, buckets: int) -> tuple[int, ...]:
 
 def make_htty_optimizer(subject: Subject, config) -> optax.GradientTransformation:
     """Clipping by value, then AdamW with the per-phase learning rate; weight decay on the
-    INRs only (not on the per-width scalars or the shared classifier)."""
+    INRs only (not on the branch scalars or the shared classifier)."""
     o = config.optimizer
     recon_lr = config.train.get("recon_learning_rate") or None
     recon_decay = float(config.train.get("recon_decay", 1.0))

@@ -256,8 +256,9 @@ def apply(inr: INR, params, plan: Plan, x: jax.Array) -> dict[str, jax.Array]:
     queries (`_groups`), the outputs put back in query order."""
     if not plan.blocks:
         return inr.apply({"params": params}, x)
-    outs = [_apply_group(inr, params, members, x[gather]) for members, gather in _groups(plan)]
-    back = jnp.asarray(np.argsort(np.concatenate([g.ravel() for _, g in _groups(plan)])))
+    groups = _groups(plan)
+    outs = [_apply_group(inr, params, members, x[gather]) for members, gather in groups]
+    back = jnp.asarray(np.argsort(np.concatenate([g.ravel() for _, g in groups])))
     return jax.tree.map(lambda *a: jnp.concatenate(a)[back], *outs)
 
 
