@@ -1,0 +1,116 @@
+"""Accuracy of a trained NeuMeta INR at every inner width, beside the sliced pretrained net:
+how the generated network degrades outside the trained widths (the reference's test mode
+sweeps 16..64 the same way).
+
+    python scripts/diagnostics/neumeta_widths.py WORKDIR STEP [--widths 16,20,...,64]
+        [--test_size 0] [--out results/NAME] [--description "..."]
+
+Uses the run's own config (its test subset unless --test_size is given), the EMA
+parameters of checkpoint STEP and the run's K noisy samples per width. Prints one row per
+width; with --out writes NAME.{json,md,png} with the command, commit, date and machine.
+"""
+
+import argparse
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = pathlib.Path(__file__).name
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workdir")
+    p.add_argument("step", type=int)
+    p.add_argument("--widths", default=",".join(map(str, range(16, 65, 4))))
+    p.add_argument("--test_size", type=int, default=-1, help="-1: the run's own")
+    p.add_argument("--out", default="")
+    p.add_argument("--description", default="")
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(args_in)
+    from wsl.methods import metamorph
+    from wsl.train import checkpoint, loop, parallel
+
+    config = ml_collections.ConfigDict(checkpoint.read_config(args.workdir))
+    if config.mode != "neumeta":
+        raise SystemExit(f"error: {args.workdir} is a {config.mode!r} run, not neumeta")
+    if args.test_size >= 0:
+        config.data.test_size = args.test_size
+    m = config.model
+    sub = metamorph.prepare(m.depth, m.generate, m.hidden, m.smooth, config.inr.per_layer)
+    data = metamorph.load_data(config)
+    if config.get("cache_prefix", True):
+        sub, data = metamorph.cache_prefix(sub, data)
+    inr = metamorph.make_inr(config)
+    tx = metamorph.neumeta_optimizer(config)
+    task = metamorph.make_neumeta_task(sub, inr, tx, data, config, parallel.make_mesh())
+    abstract = loop._abstract(task.init, jax.random.key(config.seed), parallel.make_mesh())
+    mngr = checkpoint.manager(pathlib.Path(args.workdir), keep=100, async_save=False)
+    params = checkpoint.restore(mngr, args.step, abstract).model_state["ema"]
+    full_sizes = sub.plan.group_sizes
+    full = int(full_sizes[sub.groups[0]])
+    lowest = full * (1 - config.widths.train_max_compression)
+    x, y = data["test"]
+    key = jax.random.key(config.seed + 1)  # evaluate_neumeta's
+    rows = []
+    for h in sorted(int(w) for w in args.widths.split(",")):
+        if not 1 <= h <= full:
+            raise SystemExit(f"error: width {h} outside 1..{full} (--widths)")
+        c = 1.0 - h / full
+        gen, _ = metamorph.generate_at(
+            sub, inr, params, c, key, config.eval.k_samples, config.noise, config.inr.norm
+        )
+        w = metamorph.insert(sub, gen)
+        acc = metamorph.accuracy(sub.module, sub.spec, w, x, y, start=sub.start)
+        mask = metamorph.channel_mask(sub.spec, metamorph.widths_for(full_sizes, sub.groups, c))
+        cut = jax.tree.map(lambda a, k: a * k, sub.weights, mask)  # metamorph.sliced's
+        sliced = metamorph.accuracy(sub.module, sub.spec, cut, x, y, start=sub.start)
+        row = {"width": h, "trained": bool(lowest <= h), "neumeta": acc, "sliced": sliced}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        sys.path.insert(0, str(ROOT / "scripts" / "diagnostics"))
+        import record_eval
+
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        out = pathlib.Path(args.out)
+        command = shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in])
+        record_eval.write(
+            out.parent, out.name, rows, command, commit, args.description,
+            workdir=args.workdir, step=args.step, test_size=len(y),
+            k_samples=config.eval.k_samples,
+        )  # fmt: skip
+        plot(rows, lowest, full, out.with_suffix(".png"), out.name)
+
+
+def plot(rows, lowest: float, full: int, path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = np.asarray([r["width"] for r in rows])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.axvspan(lowest, full, color="0.92", zorder=0, label="trained widths")
+    ax.plot(h, [r["neumeta"] for r in rows], "-o", label="NeuMeta (generated)")
+    ax.plot(h, [r["sliced"] for r in rows], "-s", label="sliced pretrained")
+    ax.set_xlabel("inner width of the generated block")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
