@@ -24,6 +24,7 @@ import os
 import pathlib
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,10 @@ class Run:
     seeds: tuple[int, ...] = (0,)
     folder: str = ""  # runs/<folder>/<variant>/seed<k>: tables that name the same folder
     #                   share its runs (default runs/<table>/<method>-<dataset>/...)
+    reuse: str = ""  # the folder of a run whose training this one repeats exactly (same
+    #                  config, seeds and overrides but evaluation-only ones, e.g.
+    #                  data.test_path): once that run has finished, its checkpoints are
+    #                  copied in and only this run's evaluation runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,14 +199,16 @@ BASELINES = ("MLP", "StatNN", "DeepSets")
 SEEDS = (0, 1, 2)
 
 
-def _predict_run(encoder, dataset, path, config, metric, extra=(), tag="", seeds=SEEDS, subdir=""):
+def _predict_run(
+    encoder, dataset, path, config, metric, extra=(), tag="", seeds=SEEDS, subdir="", reuse=""
+):
     """One encoder on one data set; its runs live in runs/predict/<config stem>/<subdir or
     dataset>/<encoder><tag>, shared by every table that names the same run."""
     stem = pathlib.Path(config).stem
     overrides = (f"encoder.name={encoder}", f"data.path={path}", *extra)
     folder = f"predict/{stem}/{subdir or dataset.replace('->', '_to_')}/{encoder}{tag}"
     method = encoder + tag
-    return Run(method, dataset, config, metric, overrides, seeds, folder)
+    return Run(method, dataset, config, metric, overrides, seeds, folder, reuse)
 
 
 TABLES["ng_cnn_generalization"] = Table(
@@ -267,8 +274,9 @@ TABLES["sne_inr"] = Table(
     ),
 )
 TABLES["sne_transfer"] = Table(
-    title="Cross-dataset transfer: train on one Small CNN Zoo, Kendall tau on all networks "
-    "of the other (transfer_kendall_tau)",
+    title="Cross-dataset transfer: train on one Small CNN Zoo, Kendall tau on the test "
+    "networks of the other (transfer_kendall_tau; the models of the sne_cnn runs, "
+    "evaluated on the other zoo)",
     runs=tuple(
         _predict_run(
             enc,
@@ -277,6 +285,9 @@ TABLES["sne_transfer"] = Table(
             "experiments/ng_cnn_generalization.py",
             "transfer_kendall_tau",
             (f"data.test_path={dpath}",),
+            reuse=_predict_run(
+                enc, src, spath, "experiments/ng_cnn_generalization.py", "test_kendall_tau"
+            ).folder,
         )
         for (src, spath), (dst, dpath) in (ZOOS, ZOOS[::-1])
         for enc in ("SNE", "StatNN", "NG-GNN")
@@ -375,11 +386,24 @@ def command(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> list[st
     ]
 
 
-def run_seed(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> dict:
-    """Run one seed (skipped if its results.json exists); returns
-    {"value", "wall_s", "error"}."""
+def run_seed(
+    run: Run, variant: str, seed: int, workdir: pathlib.Path, source: pathlib.Path | None = None
+) -> dict:
+    """Run one seed (skipped if its results.json exists); with `source` (the workdir of a
+    finished run this one repeats, `Run.reuse`) start from its checkpoints, so that only
+    the evaluation runs. Returns {"value", "wall_s", "error"}."""
     results, record = workdir / "results.json", workdir / "run.json"
     if not results.exists():
+        info = {}
+        ckpt = workdir / "checkpoints"
+        if source is not None and (source / "results.json").exists() and not ckpt.exists():
+            workdir.mkdir(parents=True, exist_ok=True)
+            tmp = workdir / "checkpoints.copying"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source / "checkpoints", tmp)
+            tmp.rename(ckpt)  # a kill during the copy leaves no half checkpoint behind
+            info = {"reused_from": str(source)}
+            print(f"reusing the trained model of {source}", flush=True)
         cmd = command(run, variant, seed, workdir)
         print("$", shlex.join(cmd), flush=True)
         t0 = time.perf_counter()
@@ -387,7 +411,8 @@ def run_seed(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> dict:
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             return {"value": None, "wall_s": wall, "error": f"exit code {proc.returncode}"}
-        record.write_text(json.dumps({"command": shlex.join(cmd), "wall_s": wall}) + "\n")
+        info = {"command": shlex.join(cmd), "wall_s": wall} | info
+        record.write_text(json.dumps(info) + "\n")
     wall = json.loads(record.read_text())["wall_s"] if record.exists() else 0.0
     value = json.loads(results.read_text()).get(run.metric)
     error = None if value is not None else f"no {run.metric!r} in {results}"
@@ -430,8 +455,10 @@ def reproduce(
         values = []
         for seed in run.seeds:
             folder = run.folder or f"{name}/{slug(run)}"
-            workdir = pathlib.Path(runs_dir).absolute() / folder / variant / f"seed{seed}"
-            out = run_seed(run, variant, seed, workdir)
+            seed_dir = pathlib.Path(variant) / f"seed{seed}"
+            workdir = pathlib.Path(runs_dir).absolute() / folder / seed_dir
+            source = pathlib.Path(runs_dir).absolute() / run.reuse / seed_dir if run.reuse else None
+            out = run_seed(run, variant, seed, workdir, source)
             walls[workdir] = out["wall_s"]  # rows of one run share its wall time
             if out["error"]:
                 errors.append(f"{slug(run)} seed {seed}: {out['error']} (see {workdir})")

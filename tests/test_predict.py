@@ -230,3 +230,20 @@ def test_cat_readout_of_the_last_graph(name):
     plain = jax.jit(model.apply)(params, batch)
     ref = jax.jit(model.apply)(params, {"graph": padded, "graph_mask": jnp.arange(4) < 3})
     np.testing.assert_allclose(plain, ref[:3], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["StatNN", "NG-GNN", "SNE"])
+def test_a_second_test_set_leaves_training_unchanged(tmp_path, name):
+    """Training does not depend on the extra evaluation sets (data.test_path): a transfer
+    run's model is the plain run's, so scripts/reproduce.py may reuse it (Run.reuse)."""
+    d = _data()
+    other = predict._rows_only(_data(seed=1), np.arange(40))
+    cfg = _config(name, steps=20)
+    states = []
+    for sub, extra in (("plain", None), ("transfer", {"transfer": other})):
+        task, _ = predict.build(cfg, d, parallel.make_mesh(), extra)
+        state, final = loop.train(task, cfg, tmp_path / sub)
+        states.append((state.params, final))
+    (p0, f0), (p1, f1) = states
+    jax.tree.map(np.testing.assert_array_equal, p0, p1)
+    assert f0["test_kendall_tau"] == f1["test_kendall_tau"] and "transfer_kendall_tau" in f1

@@ -90,6 +90,33 @@ def test_table_runs_collects_and_writes_results(tmp_path, reproduce):
         tmp_path / "runs" / "tiny" / "SmallCNN-digits" / "smoke" / "seed0" / "results.json"
     ).stat().st_mtime_ns == stamp
 
+    # a run that repeats the first one's training starts from its model: only the
+    # evaluation runs, and it reports what the first one reported
+    source = reproduce.TABLES["tiny"].runs[0]
+    reproduce.TABLES["tiny"] = reproduce.Table(
+        runs=(
+            reproduce.Run(
+                "again",
+                "digits",
+                source.config,
+                source.metric,
+                source.overrides,
+                seeds=(0,),
+                reuse="tiny/SmallCNN-digits",
+            ),
+        )  # fmt: skip
+    )
+    assert reproduce.main(args) == 0
+    again_dir = tmp_path / "runs" / "tiny" / "again-digits" / "smoke" / "seed0"
+    src_dir = tmp_path / "runs" / "tiny" / "SmallCNN-digits" / "smoke" / "seed0"
+    mine, theirs = (json.loads((d / "results.json").read_text()) for d in (again_dir, src_dir))
+    assert mine["test_accuracy"] == theirs["test_accuracy"]
+    assert json.loads((again_dir / "run.json").read_text())["reused_from"] == str(src_dir)
+    logged = (
+        (again_dir / "metrics.jsonl").read_text() if (again_dir / "metrics.jsonl").exists() else ""
+    )
+    assert '"split": "train"' not in logged  # no training step ran
+
 
 def test_unknown_table(reproduce, capsys):
     assert reproduce.main(["--table", "nope"]) == 2
@@ -114,6 +141,19 @@ def test_classify_mnist_is_registered(reproduce):
         "--workdir=/w",
         "--config.seed=1",
     ]
+
+
+def test_reused_runs_repeat_a_registered_run_but_for_evaluation_only_settings(reproduce):
+    """Every `Run.reuse` names a registered run with the same config, seeds and overrides,
+    except evaluation-only ones (data.test_path), so its trained model is this run's."""
+    by_folder = {r.folder: r for t in reproduce.TABLES.values() for r in t.runs if r.folder}
+    reusing = [r for t in reproduce.TABLES.values() for r in t.runs if r.reuse]
+    assert reusing, "sne_transfer reuses the sne_cnn runs"
+    for r in reusing:
+        src = by_folder[r.reuse]
+        assert src.folder != r.folder and (src.config, src.seeds) == (r.config, r.seeds)
+        train_only = tuple(o for o in r.overrides if not o.startswith("data.test_path="))
+        assert train_only == src.overrides and len(train_only) < len(r.overrides)
 
 
 def _fake_runs(root: Path, table: str, values: dict) -> None:
