@@ -15,8 +15,6 @@ and machine.
 import argparse
 import json
 import pathlib
-import shlex
-import subprocess
 import sys
 
 import jax
@@ -103,13 +101,8 @@ def main(argv=None) -> None:
     if args.out:
         import record_eval
 
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        out = pathlib.Path(args.out)
-        command = shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in])
-        record_eval.write(
-            out.parent, out.name, rows, command, commit, args.description,
+        record_eval.record(
+            args.out, rows, [f"scripts/diagnostics/{SCRIPT}", *args_in], args.description,
             workdir=args.workdir, step=args.step, test_size=args.test_size,
         )  # fmt: skip
 

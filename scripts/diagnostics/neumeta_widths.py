@@ -13,8 +13,6 @@ width; with --out writes NAME.{json,md,png} with the command, commit, date and m
 import argparse
 import json
 import pathlib
-import shlex
-import subprocess
 import sys
 
 import jax
@@ -79,16 +77,12 @@ def main(argv=None) -> None:
         sys.path.insert(0, str(ROOT / "scripts" / "diagnostics"))
         import record_eval
 
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        out = pathlib.Path(args.out)
-        command = shlex.join(["python", f"scripts/diagnostics/{SCRIPT}", *args_in])
-        record_eval.write(
-            out.parent, out.name, rows, command, commit, args.description,
+        record_eval.record(
+            args.out, rows, [f"scripts/diagnostics/{SCRIPT}", *args_in], args.description,
             workdir=args.workdir, step=args.step, test_size=len(y),
             k_samples=config.eval.k_samples,
         )  # fmt: skip
+        out = pathlib.Path(args.out)
         plot(rows, lowest, full, out.with_suffix(".png"), out.name)
 
 

@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import shlex
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -55,6 +56,17 @@ def write(out: pathlib.Path, name: str, rows, command: str, commit: str, descrip
     md += ["", f"- command: `{command}`", f"- commit: `{commit}`"]
     md += [f"- date: {rec['date']}", f"- machine: {m['platform']}, {m['cpu_count']} CPUs"]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")
+
+
+def record(out, rows, argv, description="", **extra) -> None:
+    """`write` for a diagnostic script run now as `python *argv`: results/NAME.{json,md}
+    at `out` (a path without suffix), with this checkout's commit (reproduce.commit)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+
+    out = pathlib.Path(out)
+    command = shlex.join(["python", *argv])
+    write(out.parent, out.name, rows, command, reproduce.commit(), description, **extra)
 
 
 def _fmt(v) -> str:
