@@ -39,7 +39,7 @@ def fit_row(workdir: pathlib.Path) -> dict:
         shutil.copytree(workdir / "checkpoints", pathlib.Path(tmp) / "checkpoints")
         state, final = loop.train(task, config, tmp)
     metric = "kendall_tau" if data.num_classes == 0 else "accuracy"
-    row = {"run": str(workdir), "encoder": config.encoder.name, "seed": config.seed}
+    row = {"run": "/".join(workdir.parts[-4:]), "encoder": config.encoder.name, "seed": config.seed}
     row |= {"step": int(state.step)}
     row |= {f"{s}_{metric}": final[f"{s}_{metric}"] for s in ("train", "val", "test")}
     return row
