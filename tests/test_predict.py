@@ -247,3 +247,32 @@ def test_a_second_test_set_leaves_training_unchanged(tmp_path, name):
     (p0, f0), (p1, f1) = states
     jax.tree.map(np.testing.assert_array_equal, p0, p1)
     assert f0["test_kendall_tau"] == f1["test_kendall_tau"] and "transfer_kendall_tau" in f1
+
+
+def test_weight_noise_is_relative_to_each_networks_spread_and_dropout_rescales():
+    """augment: noise of std `noise` x the network's own std of each array (a network 10x
+    larger gets 10x the noise; a single value none), dropout zeroes ~p and scales by 1/(1-p)
+    (the neural-graphs reference's CNNDataset._augment)."""
+    s = _data().spec
+    scales = np.asarray([1.0, 10.0], np.float32)
+    rng = np.random.default_rng(0)
+    w = tuple(
+        {r: (rng.standard_normal((2, *shape)) * scales.reshape(-1, *[1] * len(shape)))
+            .astype(np.float32) for r, shape in layer.shapes}
+        for layer in s.layers
+    )  # fmt: skip
+    w = w[:-1] + ({**w[-1], "bias": w[-1]["bias"][:, :1]},)  # a one-value array
+    out = predict.augment(s, w, jax.random.key(0), {"noise": 0.1})
+    for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(out), strict=True):
+        d = np.asarray(b) - np.asarray(a)
+        if a[0].size == 1:
+            np.testing.assert_array_equal(d, 0.0)
+            continue
+        own = np.asarray(a).reshape(2, -1).std(1)
+        if a[0].size >= 100:
+            np.testing.assert_allclose(d.reshape(2, -1).std(1) / own, 0.1, rtol=0.25)
+    kernel = w[0]["kernel"]
+    dropped = np.asarray(predict.augment(s, w, jax.random.key(1), {"dropout": 0.25})[0]["kernel"])
+    kept = dropped != 0
+    assert 0.6 < kept.mean() < 0.9
+    np.testing.assert_allclose(dropped[kept], kernel[kept] / 0.75, rtol=1e-6)

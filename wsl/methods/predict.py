@@ -25,7 +25,10 @@ accuracy, as the neural-graphs reference) or 'mse'; classification with cross-en
 `invariance_weight > 0` adds the logit-invariance term (SNE, Andreis et al. 2024):
 mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network.
 Augmentations (`augment.*`, training only): a random hidden-neuron permutation, Gaussian
-weight noise (std in standardised units), weight dropout.
+weight noise (std `noise` times the network's own std of that array, so unchanged by the
+standardisation; single values, e.g. a 1-unit output bias, get none), weight dropout
+(rate `dropout`, survivors scaled by 1 / (1 - rate)): the neural-graphs reference's
+(mkofinas/neural-graphs `CNNDataset._augment`; its CNN-zoo runs use noise 0.1, dropout 0.01).
 
 Metrics (results.json): regression — Kendall tau, R^2 and RMSE on val and test;
 classification — accuracy and loss; both — `test_invariance_gap`, the mean |f(w) - f(pi w)|
@@ -458,7 +461,7 @@ def make_encoder(enc_config, specs, out_dim: int, inputs_config, table=None):
 
 
 def augment(spec: NetSpec, weights, key, aug) -> tuple:
-    """Training-time augmentations of a batch of (standardised) weights."""
+    """Training-time augmentations of a batch of (standardised) weights (module docstring)."""
     kp, kn, kd = jax.random.split(key, 3)
     if aug.get("permute", False):
         weights = sne.permute_batch(spec, weights, kp)
@@ -468,8 +471,9 @@ def augment(spec: NetSpec, weights, key, aug) -> tuple:
     dkeys = jax.random.split(kd, len(leaves))
     out = []
     for v, k1, k2 in zip(leaves, nkeys, dkeys, strict=True):
-        if noise:
-            v = v + noise * jax.random.normal(k1, v.shape)
+        if noise:  # relative to each network's own spread of this array (0 for one value)
+            own = jnp.std(v, axis=tuple(range(1, v.ndim)), keepdims=True)
+            v = v + noise * own * jax.random.normal(k1, v.shape)
         if p:
             v = v * jax.random.bernoulli(k2, 1 - p, v.shape) / (1 - p)
         out.append(v)
