@@ -72,7 +72,11 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     # configs/data/zoo_cifar_nfn.yaml): weight noise 0.1 x each array's own std, dropout
     # 0.01; without it NG-GNN fits its training networks exactly (train Kendall tau 0.99,
     # test 0.71 on our MNIST zoo: results/ng_cnn_mnist_fit_noaug.md)
-    c.augment = ml_collections.ConfigDict({"permute": False, "noise": 0.1, "dropout": 0.01})
+    # (translate / rotate / input_scale: INR-only, experiments/ng_inr_classification.py)
+    c.augment = ml_collections.ConfigDict(
+        {"permute": False, "noise": 0.1, "dropout": 0.01, "translate": 0.0, "rotate": 0.0,
+         "input_scale": 0.0}
+    )  # fmt: skip
     c.loss = "bce"
     c.invariance_weight = 0.0
     # paper: the reference scripts' 300 epochs of a 30k-network zoo

@@ -276,3 +276,33 @@ def test_weight_noise_is_relative_to_each_networks_spread_and_dropout_rescales()
     kept = dropped != 0
     assert 0.6 < kept.mean() < 0.9
     np.testing.assert_allclose(dropped[kept], kernel[kept] / 0.75, rtol=1e-6)
+
+
+def test_inr_augmentations_translate_rotate_and_rescale_the_input_exactly():
+    """augment_inr on a 2-layer MLP (so the translation always enters the first bias): the
+    first bias moves by t @ W0 with |t| <= s (the input shifted by t, exactly), a rotation
+    keeps W0's Gram matrix, a rescaling multiplies W0 by one factor in [1 - s, 1 + s]."""
+    rng = np.random.default_rng(0)
+    b = 64
+    w = (
+        {"kernel": rng.standard_normal((b, 2, 8)).astype(np.float32),
+         "bias": rng.standard_normal((b, 8)).astype(np.float32)},
+        {"kernel": rng.standard_normal((b, 8, 1)).astype(np.float32),
+         "bias": rng.standard_normal((b, 1)).astype(np.float32)},
+    )  # fmt: skip
+    k0 = w[0]["kernel"]
+    t = predict.augment_inr(w, jax.random.key(0), {"translate": 0.25})
+    db = np.asarray(t[0]["bias"]) - w[0]["bias"]
+    shift = np.einsum("bo,bio->bi", db, np.linalg.pinv(k0).transpose(0, 2, 1))
+    np.testing.assert_allclose(np.einsum("bi,bio->bo", shift, k0), db, atol=1e-4)
+    assert np.abs(shift).max() <= 0.25 + 1e-4 and np.abs(shift).max() > 0.1
+    np.testing.assert_array_equal(t[1]["bias"], w[1]["bias"])
+    np.testing.assert_array_equal(t[0]["kernel"], k0)
+    r = np.asarray(predict.augment_inr(w, jax.random.key(1), {"rotate": 45.0})[0]["kernel"])
+    gram = lambda a: np.einsum("bio,bjo->bij", a, a)  # noqa: E731
+    np.testing.assert_allclose(gram(r.transpose(0, 2, 1)), gram(k0.transpose(0, 2, 1)), atol=1e-4)
+    assert not np.allclose(r, k0)
+    c = np.asarray(predict.augment_inr(w, jax.random.key(2), {"input_scale": 0.2})[0]["kernel"])
+    ratio = np.sum(c * k0, (1, 2)) / np.sum(k0 * k0, (1, 2))
+    np.testing.assert_allclose(c, ratio[:, None, None] * k0, atol=1e-5)
+    assert 0.8 - 1e-6 <= ratio.min() and ratio.max() <= 1.2 + 1e-6 and ratio.std() > 0.01

@@ -24,7 +24,9 @@ Losses: accuracy regression with 'bce' (sigmoid output, binary cross-entropy aga
 accuracy, as the neural-graphs reference) or 'mse'; classification with cross-entropy.
 `invariance_weight > 0` adds the logit-invariance term (SNE, Andreis et al. 2024):
 mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network.
-Augmentations (`augment.*`, training only): a random hidden-neuron permutation, Gaussian
+Augmentations (`augment.*`, training only, applied to the raw weights, then standardised):
+a random hidden-neuron permutation; for INRs the image translated, rotated and rescaled
+through the first layer (`translate`, `rotate`, `input_scale`: `augment_inr`); Gaussian
 weight noise (std `noise` times the network's own std of that array, so unchanged by the
 standardisation; single values, e.g. a 1-unit output bias, get none), weight dropout
 (rate `dropout`, survivors scaled by 1 / (1 - rate)): the neural-graphs reference's
@@ -281,11 +283,13 @@ def weight_stats(weights, rows) -> tuple:
     )
 
 
-def standardise(weights, stats) -> tuple:
-    return tuple(
-        {k: (v - stats[i][k][0]) / stats[i][k][1] for k, v in a.items()}
-        for i, a in enumerate(weights)
-    )
+def standardise(weights, stats, inverse: bool = False) -> tuple:
+    """Per (layer, array) (w - mean) / std with `stats` (`weight_stats`); or back."""
+    if inverse:
+        f = lambda v, m, sd: v * sd + m  # noqa: E731
+    else:
+        f = lambda v, m, sd: (v - m) / sd  # noqa: E731
+    return tuple({k: f(v, *stats[i][k]) for k, v in a.items()} for i, a in enumerate(weights))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -460,11 +464,16 @@ def make_encoder(enc_config, specs, out_dim: int, inputs_config, table=None):
 # ----------------------------------------------------------------------------- task
 
 
+INR_AUGMENTS = ("translate", "rotate", "input_scale")
+
+
 def augment(spec: NetSpec, weights, key, aug) -> tuple:
-    """Training-time augmentations of a batch of (standardised) weights (module docstring)."""
-    kp, kn, kd = jax.random.split(key, 3)
+    """Training-time augmentations of a batch of raw weights (module docstring)."""
+    kp, kn, kd, ki = jax.random.split(key, 4)
     if aug.get("permute", False):
         weights = sne.permute_batch(spec, weights, kp)
+    if any(aug.get(k, 0.0) for k in INR_AUGMENTS):
+        weights = augment_inr(weights, ki, aug)
     leaves, tree = jax.tree.flatten(weights)
     noise, p = aug.get("noise", 0.0), aug.get("dropout", 0.0)
     nkeys = jax.random.split(kn, len(leaves))
@@ -478,6 +487,36 @@ def augment(spec: NetSpec, weights, key, aug) -> tuple:
             v = v * jax.random.bernoulli(k2, 1 - p, v.shape) / (1 - p)
         out.append(v)
     return jax.tree.unflatten(tree, out)
+
+
+def augment_inr(weights, key, aug) -> tuple:
+    """The neural-graphs reference's INR augmentations (`INRDataset._augment`), per network
+    of an MLP batch whose first layer reads the image coordinates (dense kernels (B, in,
+    out)): `translate` s: t ~ U(-s, s)^in times the first k kernels (k uniform in 1..L-1)
+    added to the k-th bias (k = 1: the image shifted by -t, exactly); `rotate` d degrees: the
+    first kernel's two input rows rotated by an angle ~ U(-d, d) (the image rotated);
+    `input_scale` s: the first kernel times 1 + U(-s, s) (the image rescaled)."""
+    weights = [dict(a) for a in weights]
+    w0 = weights[0]["kernel"]
+    b, n_in = w0.shape[0], w0.shape[1]
+    kt, ko, kr, ks = jax.random.split(key, 4)
+    if s := aug.get("translate", 0.0):
+        shift = jax.random.uniform(kt, (b, 1, n_in), minval=-s, maxval=s)
+        order = jax.random.randint(ko, (b,), 1, len(weights))
+        for k in range(1, len(weights)):
+            shift = shift @ weights[k - 1]["kernel"]  # (B, 1, out of layer k - 1)
+            on = (order == k)[:, None]
+            weights[k - 1]["bias"] = weights[k - 1]["bias"] + jnp.where(on, shift[:, 0], 0.0)
+    if d := aug.get("rotate", 0.0):
+        if n_in != 2:
+            raise ValueError(f"augment.rotate needs 2 input coordinates, not {n_in}")
+        a = jnp.deg2rad(jax.random.uniform(kr, (b,), minval=-d, maxval=d))
+        rot = jnp.stack([jnp.cos(a), -jnp.sin(a), jnp.sin(a), jnp.cos(a)], -1).reshape(b, 2, 2)
+        weights[0]["kernel"] = rot @ weights[0]["kernel"]
+    if s := aug.get("input_scale", 0.0):
+        scale = 1.0 + jax.random.uniform(ks, (b, 1, 1), minval=-s, maxval=s)
+        weights[0]["kernel"] = weights[0]["kernel"] * scale
+    return tuple(weights)
 
 
 def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
@@ -509,15 +548,20 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     model, kind, takes_train = make_encoder(
         config.encoder, specs, out_dim, inp_cfg, config.get("encoders")
     )
+    augmenting = any(config.augment.get(k) for k in ("permute", "noise", "dropout", *INR_AUGMENTS))
+    if augmenting and not data.mixed and any(config.augment.get(k) for k in INR_AUGMENTS):
+        if data.spec.layers[0].kind != "dense":
+            raise loop.UserError(
+                f"augment.{'/'.join(INR_AUGMENTS)} transform an INR's input coordinates: the "
+                f"first layer must be dense, not {data.spec.layers[0].kind!r} (set them to 0)"
+            )
     if data.mixed:
         if config.encoder.name not in MIXED_ENCODERS:
             raise loop.UserError(
                 f"encoder {config.encoder.name!r} needs networks of one architecture; on a "
                 f"heterogeneous zoo use one of {MIXED_ENCODERS}"
             )
-        if any(config.augment.get(k) for k in ("permute", "noise", "dropout")) or config.get(
-            "invariance_weight", 0.0
-        ):
+        if augmenting or config.get("invariance_weight", 0.0):
             raise loop.UserError(
                 "augment.* and invariance_weight need networks of one architecture; set "
                 "them to 0 / False for a heterogeneous zoo"
@@ -588,8 +632,9 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     def train_step(state, batch, key):
         akey, dkey, pkey = jax.random.split(key, 3)
         w = batch["x"]
-        if not data.mixed:
-            w = augment(data.spec, w, akey, config.augment)
+        if not data.mixed and augmenting:  # on the raw weights, as the reference does
+            raw = standardise(w, stats, inverse=True)
+            w = norm(augment(data.spec, raw, akey, config.augment))
 
         def loss_fn(params):
             out = apply(params, w, True, dkey)
