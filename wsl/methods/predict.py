@@ -21,7 +21,8 @@ embedding sizes of the graph encoders (`max_inputs`, ...) and PNA's average log 
 are taken from the architecture unless the config sets them.
 
 Losses: accuracy regression with 'bce' (sigmoid output, binary cross-entropy against the
-accuracy, as the neural-graphs reference) or 'mse'; classification with cross-entropy.
+accuracy, as the neural-graphs reference's NG-T runs; its NG-GNN runs use 'mse') or 'mse';
+classification with cross-entropy.
 `invariance_weight > 0` adds the logit-invariance term (SNE, Andreis et al. 2024):
 mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network.
 Augmentations (`augment.*`, training only, applied to the raw weights, then standardised):
