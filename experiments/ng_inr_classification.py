@@ -11,7 +11,7 @@ Encoder: `--config.encoder.name=` MLP, StatNN, DeepSets, NG-GNN, NG-T or SNE (kw
 `encoders.<name>`); data: `--config.data.path=inrs/fashion_mnist_dws`. Training augmentations
 as the reference's (image translation, rotation and scaling through the first layer, weight
 noise, dropout; see `augment` below) plus a random hidden-neuron permutation; NG-GNN
-dropout 0.2 (the reference's) in every variant.
+and NG-T dropout 0.2 (the reference's) in every variant.
 
 smoke: 3,000 training INRs, 400 steps (minutes on a 2-core CPU).
 cpu:   every INR of the set, 2,000 steps of 64 (~18 epochs of the 7,200 training INRs; NG-T
@@ -63,4 +63,12 @@ def get_config(variant: str = "smoke"):
     c.optimizer.warmup_steps = 1000 if paper else steps // 10
     c.optimizer.learning_rate = 1e-3
     c.encoders["NG-GNN"].dropout = 0.2
+    # NG-T: scripts/mnist_cls_rt.sh, the model config's sizes (the CNN zoo's paper variant
+    # doubles them) and dropout 0.2
+    c.encoders["NG-T"].dropout = 0.2
+    if paper:
+        c.encoders["NG-T"].update(
+            d_node=64, d_edge=32, d_attn=128, d_node_hidden=128, d_edge_hidden=64,
+            d_out_hidden=128,
+        )  # fmt: skip
     return c
