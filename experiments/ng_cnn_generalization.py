@@ -67,7 +67,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
                     "layer_encoding": True, "chunk_pos_encoding": False},
         }
     )  # fmt: skip
-    c.inputs = ml_collections.ConfigDict({"k_max": 3, "reverse": True, "chunk_size": 16})
+    c.inputs = ml_collections.ConfigDict(
+        {"k_max": 3, "reverse": True, "chunk_size": 16, "standardise": True}
+    )
     # the reference's CNN-zoo training augmentation (mkofinas/neural-graphs
     # configs/data/zoo_cifar_nfn.yaml): weight noise 0.1 x each array's own std, dropout
     # 0.01; without it NG-GNN fits its training networks exactly (train Kendall tau 0.99,

@@ -2,6 +2,8 @@
 zero invariance gap (and MLP does not), the harness learns a property of the weights, and
 bad configs fail with one clear message."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import jraph
@@ -306,3 +308,18 @@ def test_inr_augmentations_translate_rotate_and_rescale_the_input_exactly():
     ratio = np.sum(c * k0, (1, 2)) / np.sum(k0 * k0, (1, 2))
     np.testing.assert_allclose(c, ratio[:, None, None] * k0, atol=1e-5)
     assert 0.8 - 1e-6 <= ratio.min() and ratio.max() <= 1.2 + 1e-6 and ratio.std() > 0.01
+
+
+def test_standardised_inputs_ignore_each_arrays_scale_and_raw_inputs_do_not(tmp_path):
+    """inputs.standardise (default): training on the weights x 1000 predicts as on the
+    weights; with standardise=False (raw weights, the reference's on CNN zoos) it does not."""
+    d = _data()
+    big = dataclasses.replace(d, weights=jax.tree.map(lambda a: a * 1000.0, d.weights))
+    for standardise in (True, False):
+        preds = []
+        for i, data in enumerate((d, big)):
+            cfg = _config("MLP", steps=5, **{"inputs.standardise": standardise})
+            task, _ = predict.build(cfg, data, parallel.make_mesh())
+            _, final = loop.train(task, cfg, tmp_path / f"{standardise}{i}")
+            preds.append(final["test_rmse"])
+        assert np.isclose(preds[0], preds[1], rtol=1e-3) == standardise, (standardise, preds)

@@ -16,9 +16,10 @@ jitted step, and each encoder's input is built there from the weights:
 | `SNE`      | `sne.SNE`                 | chunk set (`wsl.weights.chunk`)                  |
 
 Weights are standardised per (layer, kernel/bias) with training-set statistics (a scalar
-shift and scale per array: hidden-neuron permutations commute with it). The positional
-embedding sizes of the graph encoders (`max_inputs`, ...) and PNA's average log degree
-are taken from the architecture unless the config sets them.
+shift and scale per array: hidden-neuron permutations commute with it), unless
+`inputs.standardise` is False (raw weights, as the neural-graphs reference feeds CNN zoos).
+The positional embedding sizes of the graph encoders (`max_inputs`, ...) and PNA's average
+log degree are taken from the architecture unless the config sets them.
 
 Losses: accuracy regression with 'bce' (sigmoid output, binary cross-entropy against the
 accuracy, as the neural-graphs reference's NG-T runs; its NG-GNN runs use 'mse') or 'mse';
@@ -576,6 +577,8 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
         encode = slots_to_graph if kind == "graph" else (lambda x: x)
     else:
         stats = weight_stats(data.weights, train_rows)
+        if not inp_cfg.get("standardise", True):  # raw weights (the reference's on CNN zoos)
+            stats = tuple({k: (0.0, 1.0) for k in a} for a in stats)
         norm = lambda w: standardise(w, stats)
         fetch = lambda d, rows: norm(_take(d.weights, rows))
         encode = Inputs(data.spec, kind, inp_cfg.k_max, inp_cfg.reverse, inp_cfg.chunk_size)
