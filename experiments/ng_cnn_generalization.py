@@ -18,8 +18,9 @@ paper: the reference's sizes (its scripts/cnn_zoo_pna.sh, cnn_zoo_rt.sh: NG-GNN 
        epochs of a 30k-network zoo, for GPUs. Not followed: NG-T's batch 192 and
        NG-GNN's MSE loss (one batch size and loss here for every encoder of a table).
 All variants: the reference's readout (the output neurons' features concatenated,
-`pooling='cat'`) and training augmentation (weight noise 0.1 x each array's own std,
-dropout 0.01; configs/data/zoo_cifar_nfn.yaml).
+`pooling='cat'`), training augmentation (weight noise 0.1 x each array's own std,
+dropout 0.01; configs/data/zoo_cifar_nfn.yaml), graphs with forward edges only and raw
+(not standardised) weights (results/ng_gnn_mnist_recipe_probe.md measures each).
 
     python -m wsl.main --config=experiments/ng_cnn_generalization.py:smoke \
         --config.encoder.name=NG-GNN --workdir=runs/ng_cnn
@@ -67,8 +68,10 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
                     "layer_encoding": True, "chunk_pos_encoding": False},
         }
     )  # fmt: skip
+    # the reference's CNN-zoo graphs: forward edges only (rev_edge_features False) and raw
+    # weights (normalize False); its INR graphs differ (experiments/ng_inr_classification.py)
     c.inputs = ml_collections.ConfigDict(
-        {"k_max": 3, "reverse": True, "chunk_size": 16, "standardise": True}
+        {"k_max": 3, "reverse": False, "chunk_size": 16, "standardise": False}
     )
     # the reference's CNN-zoo training augmentation (mkofinas/neural-graphs
     # configs/data/zoo_cifar_nfn.yaml): weight noise 0.1 x each array's own std, dropout

@@ -39,6 +39,10 @@ def get_config(variant: str = "smoke"):
     c.data.split = (0.9, 0.1, 0.0)  # train INRs -> train / val; test INRs are the test set
     c.data.max_networks = 3000 if small else 0
     c.inputs.k_max = 1  # dense layers only
+    # the reference's INR graphs: reverse edges (its scripts' rev_edge_features=True) and
+    # weights standardised per layer (its data.stats)
+    c.inputs.reverse = True
+    c.inputs.standardise = True
     # the reference's INR augmentations (mkofinas/neural-graphs experiments/data.py
     # INRDataset._augment, on in its configs/data/mnist.yaml, fmnist.yaml): the image
     # translated (0.25), rotated (45 degrees) and rescaled (0.2) through the first layer,
