@@ -551,7 +551,7 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
         config.encoder, specs, out_dim, inp_cfg, config.get("encoders")
     )
     augmenting = any(config.augment.get(k) for k in ("permute", "noise", "dropout", *INR_AUGMENTS))
-    if augmenting and not data.mixed and any(config.augment.get(k) for k in INR_AUGMENTS):
+    if not data.mixed and any(config.augment.get(k) for k in INR_AUGMENTS):
         if data.spec.layers[0].kind != "dense":
             raise loop.UserError(
                 f"augment.{'/'.join(INR_AUGMENTS)} transform an INR's input coordinates: the "
