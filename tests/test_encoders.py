@@ -23,6 +23,7 @@ SUBJECTS = ("mlp", "cnn", "resnet")  # mlp1: for the input-neuron test only
 LIMITS = dict(max_inputs=16, max_hidden_layers=8, max_outputs=10)
 GRAPH_MODELS = {
     "NG-GNN": gnn.NGGNN(4, hidden=16, num_layers=2, **LIMITS),
+    "NG-GNN graph norm": gnn.NGGNN(4, hidden=16, num_layers=2, norm="graph", **LIMITS),
     "NG-T": transformer.NGT(
         4, d_node=16, d_edge=8, d_attn=16, d_node_hidden=16, d_edge_hidden=8, d_out_hidden=16,
         num_layers=2, heads=2, **LIMITS,
@@ -111,6 +112,51 @@ def test_input_and_output_neurons_are_not_interchangeable(model_name):
     for w2 in ((first, *w[1:]), (*w[:-1], last)):
         y2 = run(model_name, graph_batch([graph.to_graph(s, w2, k_max=K)]))[0]
         assert np.abs(y - y2).max() > 1e-4  # float noise is ~1e-6
+
+
+@pytest.mark.parametrize("mode", ["node", "graph", "batch"])
+def test_node_norm_against_numpy(mode):
+    """NodeNorm's three modes against their closed forms; padding nodes (real False) take no
+    part in the statistics."""
+    rng = np.random.default_rng(0)
+    x = (3.0 * rng.standard_normal((7, 5)) + 2.0).astype(np.float32)
+    gid, real = np.array([0, 0, 0, 1, 1, 2, 2]), np.array([1, 1, 1, 1, 1, 0, 0], bool)
+    norm = gnn.NodeNorm(mode)
+    params = norm.init(jax.random.key(0), x, gid, real, 3)
+    params = jax.tree.map(lambda a: a + rng.standard_normal(a.shape).astype(np.float32), params)
+    y = np.asarray(norm.apply(params, x, gid, real, 3))
+    scale, bias = np.asarray(params["params"]["scale"]), np.asarray(params["params"]["bias"])
+    if mode == "node":
+        want = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-6)
+        want = want * scale + bias
+        np.testing.assert_allclose(y, want, atol=1e-5)
+        ln = jax.nn.standardize(x, axis=-1, epsilon=1e-6) * scale + bias  # flax LayerNorm's
+        np.testing.assert_allclose(y, ln, atol=1e-5)
+        return
+    groups = [[0, 1, 2], [3, 4]] if mode == "graph" else [[0, 1, 2, 3, 4]]
+    for rows in groups:
+        v = x[rows]
+        want = (v - v.mean()) / (v.std() + 1e-5) * scale + bias
+        np.testing.assert_allclose(y[rows], want, atol=1e-5)
+    assert np.isfinite(y).all()
+    with pytest.raises(ValueError, match="unknown norm"):
+        gnn.NodeNorm("layer").init(jax.random.key(0), x, gid, real, 3)
+
+
+def test_batch_norm_mode_mixes_the_networks_of_a_batch():
+    """norm='batch' (the reference's PyG call) makes a prediction depend on its batch, the
+    other modes do not: the reason 'graph' exists."""
+    g_cnn = graph.to_graph(*build("cnn"), k_max=K)
+    g_mlp = graph.to_graph(*build("mlp"), k_max=K)
+    for mode in ("batch", "graph"):
+        m = gnn.NGGNN(4, hidden=8, num_layers=2, norm=mode, **LIMITS)
+        params = m.init(jax.random.key(0), graph_batch([g_cnn]))
+        alone = np.asarray(m.apply(params, graph_batch([g_cnn])))[0]
+        mixed = np.asarray(m.apply(params, graph_batch([g_cnn, g_mlp])))[0]
+        if mode == "batch":
+            assert np.abs(alone - mixed).max() > 1e-4
+        else:
+            np.testing.assert_allclose(alone, mixed, atol=1e-5)
 
 
 def test_mean_pooling_probes_and_dropout():

@@ -33,7 +33,9 @@ with (s_ij, t_ij) = Linear(e_ij) (FiLM); aggregators mean / min / max / std over
 edges (empty neighbourhoods give 0); degree scalers identity / amplification
 log(d + 1) / delta / attenuation delta / log(d + 1), where delta = `avg_log_degree` is a
 constant of the training set (`average_log_degree`); x_i <- Linear(Linear([x_i, aggs])).
-Between layers: LayerNorm, SiLU, dropout, then the edge update
+Between layers: LayerNorm (`norm`: over each node's channels by default; over each graph,
+or over the whole batch as the reference's PyG call does: `NodeNorm`), SiLU, dropout, then
+the edge update
 e_ij <- Linear(SiLU(Linear(e_ij) + Linear(x_j) + Linear(x_i))) (no update after the last layer,
 whose edges are unused).
 
@@ -96,6 +98,37 @@ def average_log_degree(graphs: Sequence[jraph.GraphsTuple]) -> float:
         deg = np.bincount(np.asarray(g.receivers), minlength=int(np.sum(g.n_node)))
         logs.append(np.log(deg + 1.0))
     return float(np.mean(np.concatenate(logs)))
+
+
+class NodeNorm(nn.Module):
+    """LayerNorm of node features in one of three modes, then a per-channel affine map:
+    'node' normalises each node over its channels; 'graph' each graph over all its nodes
+    and channels (PyG LayerNorm(mode='graph') given the batch vector); 'batch' the whole
+    batch over all real nodes and channels at once (PyG's graph mode called without a batch
+    vector, as mkofinas/neural-graphs' PNA does: a prediction then depends on the other
+    networks of its batch). 'graph' and 'batch' divide by std + eps (1e-5), as PyG does; padding
+    nodes (`real` False) take no part in the statistics."""
+
+    mode: str = "node"
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, gid, real, n_graph: int):
+        if self.mode == "node":
+            xc = x - jnp.mean(x, -1, keepdims=True)
+            y = xc * jax.lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + 1e-6)  # flax's eps
+        elif self.mode in ("graph", "batch"):
+            seg, n_seg = (gid, n_graph) if self.mode == "graph" else (jnp.zeros_like(gid), 1)
+            w = real.astype(x.dtype)[:, None]
+            count = jnp.maximum(jraph.segment_sum(w[:, 0], seg, n_seg) * x.shape[-1], 1.0)
+            mean = jraph.segment_sum(jnp.sum(x * w, -1), seg, n_seg) / count
+            xc = x - mean[seg][:, None]
+            var = jraph.segment_sum(jnp.sum(xc * xc * w, -1), seg, n_seg) / count
+            y = xc / (jnp.sqrt(var)[seg][:, None] + self.eps)
+        else:
+            raise ValueError(f"unknown norm {self.mode!r}; choose 'node', 'graph' or 'batch'")
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        return y * scale + self.param("bias", nn.initializers.zeros, (x.shape[-1],))
 
 
 def _concrete(x):
@@ -457,10 +490,12 @@ class PNALayer(nn.Module):
     dropout: float = 0.0
     last: bool = False
     chunk: int = 1024
+    norm: str = "node"
 
     @nn.compact
-    def __call__(self, x, e: LazyEdges, senders, receivers, count, log_deg, train=False):
-        """count: (N, 1) in-degree clipped to >= 1; log_deg = log(count + 1)."""
+    def __call__(self, x, e: LazyEdges, senders, receivers, count, log_deg, nodes, train=False):
+        """count: (N, 1) in-degree clipped to >= 1; log_deg = log(count + 1); nodes:
+        (graph id, real, number of graphs) of every node, for `NodeNorm`."""
         n, d, width = x.shape[0], self.dim, e.w.shape[1]
         kernel, bias = Affine(width, 2 * d, name="film")()
         if not self.last:
@@ -499,7 +534,7 @@ class PNALayer(nn.Module):
         if self.last:
             return x, None
 
-        x = nn.silu(nn.LayerNorm(name="norm")(x))
+        x = nn.silu(NodeNorm(self.norm, name="norm")(x, *nodes))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         # edge update e_ij <- Linear(SiLU(Linear(e_ij) + Linear(x_j) + Linear(x_i))), lazily
         pre = pre + nn.Dense(d, name="src")(x)[senders] + nn.Dense(d, name="dst")(x)[receivers]
@@ -519,6 +554,7 @@ class NGGNN(nn.Module):
     aggregators: Sequence[str] = ("mean", "min", "max", "std")
     scalers: Sequence[str] = ("identity", "amplification")
     dropout: float = 0.0
+    norm: str = "node"  # NodeNorm mode: 'node' | 'graph' | 'batch' (the reference's)
     pooling: str = "cat"
     fourier_dim: int = 128
     fourier_sigma: float = 3.0
@@ -534,6 +570,8 @@ class NGGNN(nn.Module):
         s, r, n = graph.senders, graph.receivers, x.shape[0]
         count = jnp.maximum(jraph.segment_sum(jnp.ones_like(r, jnp.float32), r, n), 1.0)[:, None]
         log_deg = jnp.log(count + 1.0)
+        gid = node_graph_ids(graph)
+        nodes = (gid, graph_mask[gid], graph.n_node.shape[0])
         for i in range(self.num_layers):
             x, e = PNALayer(
                 self.hidden,
@@ -543,8 +581,9 @@ class NGGNN(nn.Module):
                 self.dropout,
                 last=i == self.num_layers - 1,
                 chunk=self.edge_chunk,
+                norm=self.norm,
                 name=f"layer{i}",
-            )(x, e, s, r, count, log_deg, train)
+            )(x, e, s, r, count, log_deg, nodes, train)
         return Readout(
             self.out_dim, self.max_outputs, (self.hidden, self.hidden), self.pooling, name="readout"
         )(x, graph, graph_mask)
