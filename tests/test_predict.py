@@ -323,3 +323,16 @@ def test_standardised_inputs_ignore_each_arrays_scale_and_raw_inputs_do_not(tmp_
             _, final = loop.train(task, cfg, tmp_path / f"{standardise}{i}")
             preds.append(final["test_rmse"])
         assert np.isclose(preds[0], preds[1], rtol=1e-3) == standardise, (standardise, preds)
+
+
+def test_pna_degree_is_the_forward_layouts_even_with_reverse_edges():
+    """graph_defaults' average log degree of a 2-32-32-1 SIREN: the reference's histogram of
+    the layer layout (2 inputs of degree 0, 32 of degree 2, 33 of degree 32), whatever
+    config.inputs.reverse adds."""
+    module = subjects.MLP(hidden=(32, 32), num_classes=1)
+    x = jnp.zeros((1, 2))
+    s = spec.spec_from_flax(module, module.init(jax.random.key(0), x), x)
+    want = (32 * np.log(3.0) + 33 * np.log(33.0)) / 67
+    d = predict.graph_defaults([s], k_max=3)
+    assert abs(d["avg_log_degree"] - want) < 1e-6
+    assert (d["max_inputs"], d["max_hidden_layers"], d["max_outputs"]) == (2, 2, 1)

@@ -416,13 +416,16 @@ def mixed_inputs(kind: str, sets, k_max: int, reverse: bool, chunk_size: int, sc
     return out
 
 
-def graph_defaults(specs, k_max: int, reverse: bool) -> dict:
+def graph_defaults(specs, k_max: int) -> dict:
     """Positional-embedding sizes and PNA's average log degree covering the (distinct)
-    architectures `specs`."""
+    architectures `specs`. The degree is that of the forward graph even when reverse edges
+    are added (config.inputs.reverse), as mkofinas/neural-graphs computes its PNA degree
+    histogram from the layer layout (2.247 for a 2-32-32-1 SIREN; 3.539 counting the reverse
+    edges)."""
     specs = list(dict.fromkeys(specs))
     logs = []
     for spec in specs:
-        st = wgraph.structure(spec, k_max, reverse)
+        st = wgraph.structure(spec, k_max, False)
         logs.append(np.log(np.bincount(st["receivers"], minlength=st["n_nodes"]) + 1.0))
     return {
         "max_inputs": max(sp.layers[0].in_features for sp in specs),
@@ -449,7 +452,7 @@ def make_encoder(enc_config, specs, out_dim: int, inputs_config, table=None):
         for k, v in (kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)).items()
     }
     if kind == "graph":
-        defaults = graph_defaults(specs, inputs_config.k_max, inputs_config.reverse)
+        defaults = graph_defaults(specs, inputs_config.k_max)
         if enc_config.name == "NG-T":
             defaults.pop("avg_log_degree")
         kwargs = defaults | kwargs
