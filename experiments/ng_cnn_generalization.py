@@ -20,7 +20,12 @@ paper: the reference's sizes (its scripts/cnn_zoo_pna.sh, cnn_zoo_rt.sh: NG-GNN 
 All variants: the reference's readout (the output neurons' features concatenated,
 `pooling='cat'`), training augmentation (weight noise 0.1 x each array's own std,
 dropout 0.01; configs/data/zoo_cifar_nfn.yaml), graphs with forward edges only and raw
-(not standardised) weights (results/ng_gnn_mnist_recipe_probe.md measures each).
+(not standardised) weights (results/ng_gnn_mnist_recipe_probe.md measures each), NG-GNN's
+LayerNorm over each graph's nodes and channels (`norm='graph'`: the reference normalises over
+the whole batch, PyG's graph mode without a batch vector; results/ng_gnn_mnist_norm_probe.md).
+Not followed (documented choices): AdamW with amsgrad at a constant 1e-3 (ours: cosine decay,
+no amsgrad), test reported at the best validation step (ours: the last step), the separate
+1-D encoding of a dense layer's weights inside CNNs (ours: 1x1 kernels, `wsl.weights.graph`).
 
     python -m wsl.main --config=experiments/ng_cnn_generalization.py:smoke \
         --config.encoder.name=NG-GNN --workdir=runs/ng_cnn
@@ -57,7 +62,7 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             "MLP": {"hidden": (256, 256, 256) if not small else (128, 128)},
             "StatNN": {"hidden": (1000, 1000) if paper else (256, 256)},
             "DeepSets": {"phi": (64, 64), "rho": (64,)},
-            "NG-GNN": {"hidden": d, "num_layers": 4, "pooling": "cat"},
+            "NG-GNN": {"hidden": d, "num_layers": 4, "pooling": "cat", "norm": "graph"},
             "NG-T": {
                 "d_node": 128 if paper else 32, "d_edge": 64 if paper else 16,
                 "d_attn": 256 if paper else 32, "d_node_hidden": 256 if paper else 32,

@@ -11,7 +11,8 @@ Encoder: `--config.encoder.name=` MLP, StatNN, DeepSets, NG-GNN, NG-T or SNE (kw
 `encoders.<name>`); data: `--config.data.path=inrs/fashion_mnist_dws`. Training augmentations
 as the reference's (image translation, rotation and scaling through the first layer, weight
 noise, dropout; see `augment` below) plus a random hidden-neuron permutation; NG-GNN
-and NG-T dropout 0.2 (the reference's) in every variant.
+and NG-T dropout 0.2 (the reference's) in every variant; NG-GNN's LayerNorm per graph and
+its PNA degree from the forward layout, as in experiments/ng_cnn_generalization.py.
 
 smoke: 3,000 training INRs, 400 steps (minutes on a 2-core CPU).
 cpu:   every INR of the set, 2,000 steps of 64 (~18 epochs of the 7,200 training INRs; NG-T
