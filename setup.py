@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
+    # XLA on CPU page-faults every step under glibc's allocator (wsl/allocator.py)
+    "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
 ]
 
 setup(

@@ -17,8 +17,11 @@ Sizes are the reference's (mkofinas/neural-graphs) configs:
   dense 10), forward edges (59 nodes, 688 edges), one regression output (MSE).
   NG-GNN: d=256, 4 layers (cnn_zoo_pna.sh). NG-T: d_node 128, d_edge 64, d_attn 256
   (cnn_zoo_rt.sh).
-The anchor (the reference implementation, PyTorch + PyG, 2 threads, on this machine) is
-given for NG-GNN only; `speedup` = our graphs/s (median block) / the anchor's midpoint.
+Every pair runs with mimalloc preloaded, as `python -m wsl.main` runs (wsl/allocator.py);
+the `:system` pairs repeat the NG-GNN steps under glibc's allocator.
+The anchor (the reference implementation, PyTorch + PyG, 2 threads, on this machine, with
+its default allocator) is given for NG-GNN only; `speedup` = our graphs/s (median block) /
+the anchor's midpoint.
 Run it when the machine is quiet (the load average is recorded).
 """
 
@@ -38,8 +41,13 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import reproduce  # noqa: E402  (commit, machine, now)
 
+from wsl import allocator  # noqa: E402
+
 ROOT = reproduce.ROOT
 PAIRS = ("NG-GNN:siren", "NG-GNN:cnn", "NG-T:siren", "NG-T:cnn")
+# the same NG-GNN steps under glibc's allocator (WSL_ALLOCATOR=system): what mimalloc,
+# which every pair above runs with (wsl/allocator.py), is worth
+SYSTEM_PAIRS = ("NG-GNN:siren:system", "NG-GNN:cnn:system")
 BASELINE = {
     "what": "mkofinas/neural-graphs NG-GNN (PyTorch 2.13 + PyG 2.8, 2 threads, its own "
     "configs), train step of 128 graphs, measured on this machine",
@@ -128,7 +136,9 @@ def run_one(pair: str, batch_size: int, steps: int, repeats: int) -> dict:
     import jax.numpy as jnp
     import optax
 
-    name, data = pair.split(":")
+    from wsl import allocator
+
+    name, data = pair.split(":")[:2]
     t0 = time.perf_counter()
     batch, labels, delta, info = subject_batch(data, batch_size)
     model = make_model(name, data, delta)
@@ -182,6 +192,7 @@ def run_one(pair: str, batch_size: int, steps: int, repeats: int) -> dict:
         "model": name,
         "data": data,
         "params": n_params,
+        "allocator": allocator.active(),
         "batch_size": batch_size,
         "steps_per_block": steps,
         "graphs_per_s": rates,
@@ -256,15 +267,18 @@ def cpu_model() -> str:
 
 
 def main(argv=None) -> int:
+    allocator.preload()  # restarts this process once with mimalloc (wsl/allocator.py)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed blocks per pair")
     p.add_argument("--steps", type=int, default=0, help="steps per block (0: 10 siren, 3 cnn)")
-    p.add_argument("--only", nargs="*", default=list(PAIRS), help=f"subset of {PAIRS}")
+    p.add_argument(
+        "--only", nargs="*", default=list(PAIRS + SYSTEM_PAIRS), help=f"subset of {PAIRS}"
+    )
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # subprocess mode
     p.add_argument("--out", default=str(ROOT / "results" / "bench_gnn.json"))
     args = p.parse_args(argv)
-    steps = lambda pair: args.steps or (10 if pair.endswith("siren") else 3)
+    steps = lambda pair: args.steps or (10 if ":siren" in pair else 3)
     if args.one:
         print(json.dumps(run_one(args.one, args.batch, steps(args.one), args.repeats)))
         return 0
@@ -272,16 +286,22 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     rows = []
     for pair in args.only:
-        if pair not in PAIRS:
-            sys.exit(f"error: unknown pair {pair!r}; choose from {PAIRS}")
+        if pair not in PAIRS + SYSTEM_PAIRS:
+            sys.exit(f"error: unknown pair {pair!r}; choose from {PAIRS + SYSTEM_PAIRS}")
         cmd = [sys.executable, __file__, "--one", pair, "--batch", str(args.batch),
                "--repeats", str(args.repeats), "--steps", str(steps(pair))]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        env = dict(os.environ)
+        if pair in SYSTEM_PAIRS:
+            env[allocator.ENV] = "system"
+            env["LD_PRELOAD"] = " ".join(
+                p for p in env.get("LD_PRELOAD", "").split() if "mimalloc" not in p
+            )
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             sys.exit(f"error: {pair} failed with exit code {proc.returncode}")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = BASELINE.get(pair)
+        base = BASELINE.get(":".join(pair.split(":")[:2]))
         if base:
             row["speedup"] = round(row["graphs_per_s_median"] / (sum(base["graphs_per_s"]) / 2), 2)
             row["speedup_range"] = [

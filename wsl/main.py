@@ -144,6 +144,9 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
+    from wsl import allocator
+
+    allocator.preload()  # restarts this process once with mimalloc (wsl/allocator.py)
     app.run(main, flags_parser=parse_flags)
 
 
