@@ -562,7 +562,10 @@ class NGGNN(nn.Module):
     num_probes: int = 0
     probe_act: str = "sin"
     probe_omega: float = 30.0
-    edge_chunk: int = 1024  # edges per chunk of the fused edge passes
+    # edges per chunk of the fused edge passes; None: max(1024, 2**17 // hidden), a chunk of
+    # (rows x hidden) ~ 512 KB: fewer loop iterations for narrow models (d=32: 4096 rows,
+    # 0.84 -> 0.60-0.62 s per SIREN step of 128; d=256 CNN steps equal at 1024 and 2048)
+    edge_chunk: int | None = None
 
     @nn.compact
     def __call__(self, batch, train: bool = False):
@@ -580,7 +583,7 @@ class NGGNN(nn.Module):
                 self.scalers,
                 self.dropout,
                 last=i == self.num_layers - 1,
-                chunk=self.edge_chunk,
+                chunk=self.edge_chunk or max(1024, 2**17 // self.hidden),
                 norm=self.norm,
                 name=f"layer{i}",
             )(x, e, s, r, count, log_deg, nodes, train)
