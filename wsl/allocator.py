@@ -4,8 +4,8 @@ XLA's CPU runtime allocates a step's large buffers afresh at every call. glibc s
 every allocation above 32 MB with its own mmap and unmaps it when freed, so each step
 touches every page of those buffers anew: one page fault per 4 KiB. On this project's
 2-core machine a 64 MB elementwise op took 31 ms under glibc and 4.9 ms under mimalloc, and
-a gather of 286,720 rows x 32 floats 15-18 ms and 2.7 ms; an NG-GNN train step on zoo
-CNNs went from 29 to 35.5 graphs/s (results/bench_gnn.json, rows with and without it).
+a gather of 286,720 rows x 32 floats 15-18 ms and 2.7 ms; NG-GNN trains on zoo CNNs at
+34.0 graphs/s against 22.8 under glibc (results/bench_gnn.json, the `:system` rows).
 
 mimalloc (the pip package cmeel-mimalloc, installed with wsl on Linux) keeps freed memory
 for reuse. An allocator must be in place before the process starts (LD_PRELOAD), so the
