@@ -136,8 +136,6 @@ def run_one(pair: str, batch_size: int, steps: int, repeats: int) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from wsl import allocator
-
     name, data = pair.split(":")[:2]
     t0 = time.perf_counter()
     batch, labels, delta, info = subject_batch(data, batch_size)
@@ -273,7 +271,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed blocks per pair")
     p.add_argument("--steps", type=int, default=0, help="steps per block (0: 10 siren, 3 cnn)")
     p.add_argument(
-        "--only", nargs="*", default=list(PAIRS + SYSTEM_PAIRS), help=f"subset of {PAIRS}"
+        "--only",
+        nargs="*",
+        default=list(PAIRS + SYSTEM_PAIRS),
+        help=f"subset of {PAIRS + SYSTEM_PAIRS}",
     )
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # subprocess mode
     p.add_argument("--out", default=str(ROOT / "results" / "bench_gnn.json"))

@@ -9,9 +9,10 @@ a gather of 286,720 rows x 32 floats 15-18 ms and 2.7 ms; NG-GNN trains on zoo C
 
 mimalloc (the pip package cmeel-mimalloc, installed with wsl on Linux) keeps freed memory
 for reuse. An allocator must be in place before the process starts (LD_PRELOAD), so the
-command-line entry points (`python -m wsl.main`, scripts/make_zoo.py, the benchmarks) call
-`preload()` first: it re-executes the process once with LD_PRELOAD set, and does nothing
-when mimalloc is missing, already loaded, not on Linux, or when WSL_ALLOCATOR=system.
+command-line entry points `python -m wsl.main` (so every config and scripts/reproduce.py's
+runs) and scripts/bench_gnn.py call `preload()` first: it re-executes the process once
+with LD_PRELOAD set, and does nothing when mimalloc is missing, already loaded, not on
+Linux, or when WSL_ALLOCATOR=system.
 Library code imported into a process of your own is unaffected: there, start Python as
 
     LD_PRELOAD=$(python -c "import wsl.allocator as a; print(a.library_path())") python ...
