@@ -48,6 +48,7 @@ PAIRS = ("NG-GNN:siren", "NG-GNN:cnn", "NG-T:siren", "NG-T:cnn")
 # the same NG-GNN steps under glibc's allocator (WSL_ALLOCATOR=system): what mimalloc,
 # which every pair above runs with (wsl/allocator.py), is worth
 SYSTEM_PAIRS = ("NG-GNN:siren:system", "NG-GNN:cnn:system")
+ALL_PAIRS = PAIRS + SYSTEM_PAIRS
 BASELINE = {
     "what": "mkofinas/neural-graphs NG-GNN (PyTorch 2.13 + PyG 2.8, 2 threads, its own "
     "configs), train step of 128 graphs, measured on this machine",
@@ -273,8 +274,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--only",
         nargs="*",
-        default=list(PAIRS + SYSTEM_PAIRS),
-        help=f"subset of {PAIRS + SYSTEM_PAIRS}",
+        default=list(ALL_PAIRS),
+        help=f"subset of {ALL_PAIRS}",
     )
     p.add_argument("--one", default="", help=argparse.SUPPRESS)  # subprocess mode
     p.add_argument("--out", default=str(ROOT / "results" / "bench_gnn.json"))
@@ -287,16 +288,11 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     rows = []
     for pair in args.only:
-        if pair not in PAIRS + SYSTEM_PAIRS:
-            sys.exit(f"error: unknown pair {pair!r}; choose from {PAIRS + SYSTEM_PAIRS}")
+        if pair not in ALL_PAIRS:
+            sys.exit(f"error: unknown pair {pair!r}; choose from {ALL_PAIRS}")
         cmd = [sys.executable, __file__, "--one", pair, "--batch", str(args.batch),
                "--repeats", str(args.repeats), "--steps", str(steps(pair))]  # fmt: skip
-        env = dict(os.environ)
-        if pair in SYSTEM_PAIRS:
-            env[allocator.ENV] = "system"
-            env["LD_PRELOAD"] = " ".join(
-                p for p in env.get("LD_PRELOAD", "").split() if "mimalloc" not in p
-            )
+        env = allocator.system_env() if pair in SYSTEM_PAIRS else None
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)

@@ -15,7 +15,7 @@ PROBE = "import sys, wsl.allocator as a; a.preload(); print(a.active(), sys.argv
 
 
 def probe(env=None, *args):
-    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator._DONE)}
+    clean = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     return subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         env={**clean, **(env or {})},

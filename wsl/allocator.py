@@ -26,7 +26,6 @@ import sys
 import sysconfig
 
 ENV = "WSL_ALLOCATOR"  # 'mimalloc' (default) or 'system'
-_DONE = "_WSL_ALLOCATOR_EXEC"  # set in the re-executed process: never re-execute twice
 
 
 def library_path() -> str | None:
@@ -44,19 +43,26 @@ def active() -> str:
     return "mimalloc" if "mimalloc" in os.environ.get("LD_PRELOAD", "") else "system"
 
 
+def system_env() -> dict:
+    """This process's environment for a child that must run under the system allocator:
+    mimalloc taken out of LD_PRELOAD, WSL_ALLOCATOR=system."""
+    kept = [p for p in os.environ.get("LD_PRELOAD", "").split() if "mimalloc" not in p]
+    return dict(os.environ, **{ENV: "system", "LD_PRELOAD": " ".join(kept)})
+
+
 def preload() -> None:
     """Re-execute this process with mimalloc preloaded (see the module docstring). Call it
     first thing in a command-line entry point, before work starts: the process restarts."""
     choice = os.environ.get(ENV, "mimalloc")
     if choice not in ("mimalloc", "system"):
         raise SystemExit(f"error: {ENV}={choice!r}; choose 'mimalloc' or 'system'")
-    if choice == "system" or sys.platform != "linux" or os.environ.get(_DONE):
+    if choice == "system" or sys.platform != "linux" or active() == "mimalloc":
         return
     lib = library_path()
-    if lib is None or active() == "mimalloc":
+    if lib is None:
         return
-    preloaded = os.environ.get("LD_PRELOAD", "")
-    env = dict(os.environ, LD_PRELOAD=f"{lib} {preloaded}".strip(), **{_DONE: "1"})
+    # the re-executed process finds mimalloc in LD_PRELOAD (`active`) and goes on
+    env = dict(os.environ, LD_PRELOAD=f"{lib} {os.environ.get('LD_PRELOAD', '')}".strip())
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
