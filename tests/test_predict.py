@@ -14,7 +14,7 @@ import pytest
 from wsl.methods import predict
 from wsl.nn import subjects
 from wsl.train import loop, parallel
-from wsl.weights import graph, spec
+from wsl.weights import chunk, graph, spec
 
 N = 96
 
@@ -182,6 +182,15 @@ def test_mixed_architectures_batch_like_alone(name):
     kind = "graph" if name == "NG-GNN" else "chunks"
     x_mixed = predict.mixed_inputs(kind, [d], 5, True, 8, 1.0)[0]
     x_alone = predict.mixed_inputs(kind, sets, 5, True, 8, 1.0)
+    # each set padded to its own largest network: the small one pays for no more
+    if kind == "chunks":
+        sizes = [x["values"].shape[1] for x in x_alone]
+        assert sizes == [chunk.num_chunks(s.specs[0], 8) for s in sets]
+        assert x_mixed["values"].shape[1] == max(sizes) > min(sizes)
+    else:
+        sizes = [x["weight"].shape[1] for x in x_alone]
+        assert sizes == [len(graph.structure(s.specs[0], 5, True)["senders"]) for s in sets]
+        assert x_mixed["weight"].shape[1] == max(sizes) > min(sizes)
     enc = predict.slots_to_graph if kind == "graph" else (lambda x: x)
     kw = {"train": False} if name != "SNE" else {}
     apply = jax.jit(lambda x: model.apply({"params": state.params}, enc(x), **kw))

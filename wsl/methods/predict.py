@@ -395,22 +395,23 @@ def slots_to_graph(s: dict) -> dict:
 
 def mixed_inputs(kind: str, sets, k_max: int, reverse: bool, chunk_size: int, scale: float):
     """Precomputed encoder inputs (numpy, one leading row per network) of each WeightData
-    in `sets`, all with one slot size / chunk budget so that one compilation serves all."""
-    specs = [sp for d in sets for sp in d.specs]
-    if kind == "graph":
-        sts = [wgraph.structure(sp, k_max, reverse) for sp in specs]
-        n_slot = max(st["n_nodes"] for st in sts) + 1
-        e_slot = max(len(st["senders"]) for st in sts)
-        scaled = lambda d: [jax.tree.map(lambda a: np.asarray(a) / scale, w) for w in d.weights]
-        return [graph_slots(d.specs, scaled(d), k_max, reverse, n_slot, e_slot) for d in sets]
-    budget, max_layers = chunking.budget_for(specs, chunk_size)
+    in `sets`. Each set gets the smallest slot size / chunk budget that holds its own
+    networks (the encoders' outputs do not depend on padding): training on a zoo's small
+    networks does not pay for the largest networks of a transfer set (one compilation per
+    set instead)."""
     out = []
     for d in sets:
+        scaled = [jax.tree.map(lambda a: np.asarray(a) / scale, w) for w in d.weights]
+        if kind == "graph":
+            sts = [wgraph.structure(sp, k_max, reverse) for sp in d.specs]
+            n_slot = max(st["n_nodes"] for st in sts) + 1
+            e_slot = max(len(st["senders"]) for st in sts)
+            out.append(graph_slots(d.specs, scaled, k_max, reverse, n_slot, e_slot))
+            continue
+        budget, max_layers = chunking.budget_for(d.specs, chunk_size)
         dicts = [
-            chunking.chunk(
-                sp, jax.tree.map(lambda a: np.asarray(a) / scale, w), chunk_size, budget, max_layers
-            )
-            for sp, w in zip(d.specs, d.weights, strict=True)
+            chunking.chunk(sp, w, chunk_size, budget, max_layers)
+            for sp, w in zip(d.specs, scaled, strict=True)
         ]
         out.append({k: np.asarray(v) for k, v in chunking.stack_chunks(dicts).items()})
     return out
