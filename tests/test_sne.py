@@ -151,6 +151,31 @@ def test_sne_runs_on_unseen_architectures_and_ignores_padding():
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
 
 
+def test_static_segments_equal_masked_attention():
+    """One architecture: SNE with its layers' static chunk runs (`segments`) computes what
+    the masked path computes (outputs and gradients); other segment ids give NaN."""
+    for name in ("cnn", "resnet8"):
+        sp = build(name)[0]
+        budget = ch.num_chunks(sp, C) + 3  # 3 padding chunks outside every segment
+        b = ch.stack_chunks([ch.chunk(*build(name, i), C, budget) for i in (0, 1)])
+        segments = tuple((start, k) for _, k, start in ch.layout(sp, C))
+        window = ch.max_layer_chunks([sp], C)
+        masked = SNE(out_dim=3, dim=16, hidden=16, heads=2, block=8, window=window)
+        static = masked.clone(segments=segments)
+        params = jax.jit(masked.init)(jax.random.key(0), b)
+        close(static.apply(params, b), masked.apply(params, b), atol=2e-5)
+
+        def grad(m, params=params, b=b):
+            return jax.tree.leaves(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, b))))(params))
+
+        for gs, gm in zip(grad(static), grad(masked), strict=True):
+            close(gs, gm, atol=2e-5)
+        wrong = masked.clone(segments=((0, segments[0][1] - 1), *segments[1:]))
+        assert np.all(np.isnan(np.asarray(wrong.apply(params, b))))
+        with pytest.raises(ValueError, match="must be disjoint"):
+            masked.clone(segments=((0, segments[0][1] + 1), *segments[1:])).apply(params, b)
+
+
 # ---- logit invariance --------------------------------------------------------------
 
 

@@ -458,8 +458,12 @@ def make_encoder(enc_config, specs, out_dim: int, inputs_config, table=None):
             defaults.pop("avg_log_degree")
         kwargs = defaults | kwargs
     if kind == "chunks":  # exact attention within layers: O(chunks x window) memory
-        window = chunking.max_layer_chunks(list(dict.fromkeys(specs)), inputs_config.chunk_size)
+        distinct = list(dict.fromkeys(specs))
+        window = chunking.max_layer_chunks(distinct, inputs_config.chunk_size)
         kwargs = {"window": window} | kwargs
+        if len(distinct) == 1:  # one architecture: each layer's static chunk run
+            lay = chunking.layout(distinct[0], inputs_config.chunk_size)
+            kwargs = {"segments": tuple((start, k) for _, k, start in lay)} | kwargs
     try:
         module = cls(out_dim=out_dim, **kwargs)
     except TypeError as e:

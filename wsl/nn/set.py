@@ -14,6 +14,11 @@ Attention patterns (all exact, masked keys get weight 0, padded queries output 0
   O(N_q * N_k) -- forward and backward. With `window` (segments are contiguous runs of
   at most `window` elements, as the chunks of a layer are), a query block only reads
   the keys within reach: compute O(N * (block + 2 window)) instead of O(N^2).
+- `segment_attention`: the segments are static (start, size) runs, the same for every
+  set (e.g. the layers of one architecture's chunks): each segment's dense attention,
+  no masks; segments of equal size in one batched call. Compute and memory O(sum of
+  size^2) (about 2.7x faster than `masked_attention` forward and backward on a Small CNN
+  Zoo's chunks of 16, whose layers are 10 / 145 / 145 / 11 of 311 chunks).
 - `pool_attention`: per-segment queries (S, k) attend the keys of their segment:
   a segment softmax (jax.ops.segment_*), memory O(N_k * k).
 - `gather_attention`: query i attends the m keys of segment seg_q[i]: (S, m) keys.
@@ -114,6 +119,37 @@ def masked_attention(q, k, v, q_seg, k_seg, block: int | None = None, window: in
     return out
 
 
+def segment_attention(q, k, v, seg, segments):
+    """q/k/v (N, H, D): element i attends the elements of its segment, given statically as
+    `segments` ((start, size), ...) (disjoint, in order) -> (N, H, D), 0 outside every
+    segment. `seg` (N,) must be the segment ids these runs mean (run j has id j, -1 outside):
+    otherwise the output is NaN (loud, never silently wrong)."""
+    ends = [0] + [start + size for start, size in segments]
+    if any(size < 1 or start < end for (start, size), end in zip(segments, ends, strict=False)):
+        raise ValueError(f"segments {segments} must be disjoint (start, size > 0) runs in order")
+    if ends[-1] > q.shape[0]:
+        raise ValueError(f"segments {segments} run past the {q.shape[0]} elements")
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    groups: dict[int, list[int]] = {}
+    for start, size in segments:
+        groups.setdefault(size, []).append(start)
+    pieces = {}
+    for size, starts in groups.items():  # one batched attention per segment size
+        stack = lambda t: jnp.stack([t[s : s + size] for s in starts])  # noqa: B023
+        s = jnp.einsum("gqhd,gkhd->ghqk", stack(q), stack(k)) * scale
+        o = jnp.einsum("ghqk,gkhd->gqhd", jax.nn.softmax(s, axis=-1), stack(v))
+        pieces |= {start: o[j] for j, start in enumerate(starts)}
+    out, pos = [], 0
+    for start in sorted(pieces):
+        out += [jnp.zeros((start - pos, *q.shape[1:]), q.dtype), pieces[start]]
+        pos = start + pieces[start].shape[0]
+    out = jnp.concatenate([*out, jnp.zeros((q.shape[0] - pos, *q.shape[1:]), q.dtype)])
+    expected = [-1] * q.shape[0]
+    for j, (start, size) in enumerate(segments):
+        expected[start : start + size] = [j] * size
+    return jnp.where(jnp.all(seg == jnp.asarray(expected, seg.dtype)), out, jnp.nan)
+
+
 def pool_attention(q, k, v, k_seg):
     """Per-segment queries q (S, kq, H, D) attend the keys of their segment:
     k/v (Nk, H, D), k_seg (Nk,) in [-1, S) -> (S, kq, H, D) (0 for empty segments)."""
@@ -159,6 +195,8 @@ class MAB(nn.Module):
     layer_norm: bool = True
     block: int | None = None
     window: int | None = None  # 'mask' self-attention only, see masked_attention
+    # 'mask' self-attention only: static segments ((start, size), ...), see segment_attention
+    segments: tuple | None = None
 
     @nn.compact
     def __call__(self, x, y, x_seg, y_seg=None, pattern: str = "mask"):
@@ -172,7 +210,10 @@ class MAB(nn.Module):
         v = nn.Dense(self.dim, name="v")(y)
         split = lambda t: t.reshape(*t.shape[:-1], h, dh)
         lead = x_seg.ndim - 1
-        if pattern == "mask":
+        if pattern == "mask" and self.segments is not None:
+            fn = lambda q, k, v, qs: segment_attention(q, k, v, qs, self.segments)
+            o = _batched(fn, lead)(split(q), split(k), split(v), x_seg)
+        elif pattern == "mask":
             fn = lambda q, k, v, qs, ks: masked_attention(q, k, v, qs, ks, self.block, self.window)
             o = _batched(fn, lead)(split(q), split(k), split(v), x_seg, y_seg)
         elif pattern == "pool":
@@ -194,17 +235,27 @@ class MAB(nn.Module):
 
 class SAB(nn.Module):
     """Set attention block SAB(X) = MAB(X, X): self-attention inside each segment.
-    `block`/`window`: see `masked_attention` (memory and compute bounds, exact)."""
+    `block`/`window`: see `masked_attention` (memory and compute bounds, exact);
+    `segments`: static segments, see `segment_attention`."""
 
     dim: int
     heads: int = 4
     layer_norm: bool = True
     block: int | None = None
     window: int | None = None
+    segments: tuple | None = None
 
     @nn.compact
     def __call__(self, x, seg):
-        mab = MAB(self.dim, self.heads, self.layer_norm, self.block, self.window, name="mab")
+        mab = MAB(
+            self.dim,
+            self.heads,
+            self.layer_norm,
+            self.block,
+            self.window,
+            self.segments,
+            name="mab",
+        )
         return mab(x, x, seg, seg)
 
 
