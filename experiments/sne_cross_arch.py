@@ -4,10 +4,11 @@ families it never saw — deeper CNNs, other kernel sizes, residual links — wi
 or config change. Only encoders that read any architecture apply: SNE and the neural
 graphs (NG-GNN, NG-T).
 
-Families (wsl.methods.predict.FAMILIES): base = CNNs of 2-3 layers, 3x3 kernels, no
-residual links (train; 70 / 10 / 20 % split); deeper = 4-5 layers, 3x3, no residual;
-kernels = 5x5 or 7x7 kernels, no residual; residual = with residual links. MLPs are left
-out (their 784 input neurons would dominate the padded graphs).
+Families (wsl.data.zoo.family_of; experiments/zoo_hetero.py draws each with its own
+fraction): base = CNNs of 2-3 layers, 3x3 kernels, widths 8-32, no residual links (train;
+70 / 10 / 20 % split); each other family changes exactly one of these: deeper = 4-5
+layers; wider = a layer of width 64; kernels = 5x5 or 7x7 kernels; residual = with
+residual links (4-5 layers).
 
 smoke: 300 steps, chunks of 256. cpu: 1,000 steps, chunks of 64 (the paper's: 0.06 s per
 step of 32 base networks here, ~33 s per evaluation of all sets). paper: 20,000 steps,
@@ -30,7 +31,7 @@ def get_config(variant: str = "smoke"):
     c.data.kind = "hetero_zoo"
     c.data.path = "zoos/hetero"
     c.data.family = "base"
-    c.data.test_families = ("deeper", "kernels", "residual")
+    c.data.test_families = ("deeper", "wider", "kernels", "residual")
     c.data.max_networks = 0
     c.augment.noise = c.augment.dropout = 0.0  # augmentations need one architecture
     c.inputs.k_max = 7

@@ -1,7 +1,15 @@
 """Heterogeneous zoo on MNIST for cross-architecture work, in the spirit of CNN Wild Park:
 CNNs of 2-5 'SAME' conv layers (widths, kernel sizes 3/5/7, activation, optional
-residual links from an earlier same-size layer) and MLPs, trained with the Small CNN Zoo
+residual links from an earlier same-size layer), trained with the Small CNN Zoo
 optimizers (no dropout). Each model's architecture is stored with it.
+
+Families (wsl.data.zoo.family_of; `families` gives each one's fraction): base = 2-3
+layers, 3x3 kernels, widths 8/16/32, no residual link (the cross-architecture table
+trains on these); deeper = 4-5 layers; wider = at least one layer of width 64; kernels =
+5x5 or 7x7; residual = with residual links (4-5 layers, as a link needs an earlier layer
+of the same size). Each non-base CNN changes exactly one property of base. Without
+`families` every option is drawn independently (CNNs then often change several at once,
+and `mlp_fraction` of the models are MLPs).
 
     python scripts/make_zoo.py --config=experiments/zoo_hetero.py:cpu --out=zoos/hetero
 """
@@ -20,6 +28,8 @@ HETERO = dict(
     mlp_widths=(16, 32, 64, 128),
     activations=("relu", "tanh", "gelu", "sigmoid", "leaky_relu"),
     num_archs=0,  # > 0: a pool of that many architectures shared by the models
+    families={"base": 0.4, "deeper": 0.15, "wider": 0.15, "kernels": 0.15, "residual": 0.15},
+    wide_widths=(64,),  # the `wider` family's extra widths
 )
 
 HYPER = dict(

@@ -302,6 +302,7 @@ TABLES["sne_cross_arch"] = Table(
         for metric in (
             "test_kendall_tau",
             "transfer_deeper_kendall_tau",
+            "transfer_wider_kendall_tau",
             "transfer_kernels_kendall_tau",
             "transfer_residual_kendall_tau",
         )

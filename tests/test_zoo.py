@@ -263,6 +263,7 @@ def test_hetero_zoo_roundtrip(tmp_path):
     cfg.num_models, cfg.trainer.models_per_shard = 2, 1
     cfg.hetero.cnn_depths, cfg.hetero.cnn_widths, cfg.hetero.kernel_sizes = (4,), (8,), (3, 5)
     cfg.hetero.residual_prob, cfg.hetero.mlp_fraction = 1.0, 0.5
+    cfg.hetero.families = {}  # every option drawn independently, MLPs included
     cfg.hetero.mlp_depths, cfg.hetero.mlp_widths = (1,), (16,)
     cfg.max_train, cfg.max_test, cfg.train_eval_size = 256, 256, 128
     # a seed whose two models are one residual CNN and one MLP
@@ -287,3 +288,32 @@ def test_hetero_zoo_roundtrip(tmp_path):
         assert acc == z.metrics["test_accuracy"][i]
     cnn = next(i for i, a in enumerate(z.archs) if a["kind"] == "cnn")
     assert z.spec(cnn).residuals, "residual links recorded in the spec"
+
+
+def test_hetero_families_change_one_property():
+    """With `families`, every architecture belongs to the family it drew (exactly one
+    property of `base` changed), all requested families occur, and bad settings get one
+    clear error."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zh", ROOT / "experiments" / "zoo_hetero.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    hetero = dict(mod.HETERO)
+    archs = zoo.sample_archs(hetero, 200, 0)
+    fams = [zoo.family_of(a) for a in archs]
+    assert set(fams) == set(zoo.FAMILIES)  # no MLP, no CNN outside a family
+    assert 0.25 < fams.count("base") / len(fams) < 0.55  # 0.4 requested
+    for a, f in zip(archs, fams, strict=True):
+        base_like = len(a["widths"]) <= 3 and max(a["widths"]) <= 32
+        assert (f == "wider") == (max(a["widths"]) == 64)
+        assert (f == "kernels") == (a["kernel_sizes"][0] != 3)
+        assert (f == "residual") == (max(a["residual"]) >= 0)
+        assert (f == "base") == (base_like and a["kernel_sizes"][0] == 3 and f != "residual")
+    # without `families`: the independent draw (some CNNs belong to no family)
+    legacy = zoo.sample_archs({**hetero, "families": {}}, 200, 0)
+    assert None in {zoo.family_of(a) for a in legacy}
+    with pytest.raises(ValueError, match="names in"):
+        zoo.sample_archs({**hetero, "families": {"tall": 1.0}}, 2, 0)
+    with pytest.raises(ValueError, match="wide_widths"):
+        zoo.sample_archs({**hetero, "families": {"wider": 1.0}, "wide_widths": ()}, 2, 0)

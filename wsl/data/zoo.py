@@ -1193,56 +1193,146 @@ class HeteroMLP(nn.Module):
         return nn.Dense(self.num_classes, name=f"dense{len(self.hidden)}")(x)
 
 
+# Architecture families of the heterogeneous zoo (cross-architecture transfer): `base`
+# CNNs have <= FAMILY_MAX_DEPTH layers, 3x3 kernels, widths <= FAMILY_MAX_WIDTH, no
+# residual link; each other family changes one of these (`family_of`).
+FAMILY_MAX_DEPTH, FAMILY_MAX_WIDTH = 3, 32
+FAMILIES = ("base", "deeper", "wider", "kernels", "residual")
+
+
+def family_of(arch: Mapping) -> str | None:
+    """The family of an architecture dict (FAMILIES), 'mlp', or None for a CNN that
+    changes more than one property of `base` (it belongs to no family). A residual link
+    needs an earlier layer of the same size, i.e. depth >= 4 with the zoo's strides:
+    'residual' CNNs are deeper by construction and count as one change."""
+    if arch["kind"] != "cnn":
+        return "mlp"
+    res = max(arch["residual"]) >= 0
+    changes = [
+        name
+        for name, changed in (
+            ("deeper", len(arch["widths"]) > FAMILY_MAX_DEPTH and not res),
+            ("wider", max(arch["widths"]) > FAMILY_MAX_WIDTH),
+            ("kernels", set(arch["kernel_sizes"]) != {3}),
+            ("residual", res),
+        )
+        if changed
+    ]
+    return "base" if not changes else changes[0] if len(changes) == 1 else None
+
+
+def _cnn_arch(k, hetero, depth, widths, kernel, image_size, residual_prob, need_residual=False):
+    """A CNN architecture dict; residual links from an earlier same-size layer, each with
+    probability `residual_prob` (at least one if `need_residual` and one is possible)."""
+    strides = [int(s) for s in list(hetero["strides"])[:depth]]
+    strides += [1] * (depth - len(strides))
+    size = [image_size]
+    for s in strides:
+        size.append(-(-size[-1] // s))
+    residual = [-1] * depth
+    options = []
+    for li in range(2, depth):  # from an earlier same-size layer, not the preceding
+        cands = [j for j in range(li - 1) if size[j + 1] == size[li + 1]]
+        options += [(li, j) for j in cands]
+        u = float(jax.random.uniform(jax.random.fold_in(k[5], li)))
+        if cands and u < residual_prob:
+            residual[li] = cands[
+                int(jax.random.randint(jax.random.fold_in(k[6], li), (), 0, len(cands)))
+            ]
+    if need_residual and options and max(residual) < 0:
+        li, j = options[int(jax.random.randint(k[7], (), 0, len(options)))]
+        residual[li] = j
+    return {
+        "kind": "cnn",
+        "widths": [int(w) for w in widths],
+        "kernel_sizes": [int(kernel)] * depth,
+        "strides": strides,
+        "residual": residual,
+        "act": None,
+    }
+
+
+def _family_arch(k, hetero, family: str, image_size: int) -> dict:
+    """A CNN of `family` (FAMILIES): `base`'s draw with exactly that property changed."""
+    depths = [int(d) for d in hetero["cnn_depths"]]
+    shallow = [d for d in depths if d <= FAMILY_MAX_DEPTH]
+    deep = [d for d in depths if d > FAMILY_MAX_DEPTH]
+    widths = [int(w) for w in hetero["cnn_widths"] if w <= FAMILY_MAX_WIDTH]
+    wide = [int(w) for w in hetero.get("wide_widths", ()) if w > FAMILY_MAX_WIDTH]
+    others = [int(s) for s in hetero["kernel_sizes"] if s != 3]
+    if not shallow or not widths or 3 not in hetero["kernel_sizes"]:
+        raise ValueError(
+            "hetero.families needs cnn_depths <= 3, cnn_widths <= 32 and kernel size 3 "
+            f"for the base family; got {depths}, {list(hetero['cnn_widths'])}, "
+            f"{list(hetero['kernel_sizes'])}"
+        )
+    need = {"deeper": deep, "wider": wide, "kernels": others, "residual": deep}
+    if family in need and not need[family]:
+        raise ValueError(
+            f"hetero.families has {family!r} but the options allow none: set cnn_depths > 3 "
+            "(deeper, residual), wide_widths > 32 (wider) or kernel sizes other than 3"
+        )
+    depth = int(_choice(k[2], deep if family in ("deeper", "residual") else shallow, 1)[0])
+    ws = [int(w) for w in _choice(k[3], widths, depth)]
+    if family == "wider":  # one or more layers wide
+        ws = [int(w) for w in _choice(k[3], widths + wide, depth)]
+        if max(ws) <= FAMILY_MAX_WIDTH:
+            ws[int(jax.random.randint(k[4], (), 0, depth))] = int(_choice(k[4], wide, 1)[0])
+    kernel = int(_choice(k[4], others, 1)[0]) if family == "kernels" else 3
+    res = hetero["residual_prob"] if family == "residual" else 0.0
+    return _cnn_arch(k, hetero, depth, ws, kernel, image_size, res, family == "residual")
+
+
 def sample_archs(hetero: Mapping, n: int, seed: int, image_size: int = 28) -> list[dict]:
     """`n` architecture dicts: {'kind': 'cnn', widths, kernel_sizes, strides, residual,
     act} or {'kind': 'mlp', hidden, act}, drawn from the options in `hetero`
     (mlp_fraction, cnn_depths, cnn_widths, kernel_sizes, per_layer_width, strides
     (per-layer list for the first layers, 1 after), residual_prob, mlp_depths,
     mlp_widths, activations; optional num_archs: draw that many architectures and give
-    model i architecture i % num_archs, so that a CPU compiles each one once)."""
+    model i architecture i % num_archs, so that a CPU compiles each one once).
+
+    With `families` ({family: fraction}, FAMILIES and optionally 'mlp'), each
+    architecture first draws its family, then a CNN of exactly that family (`family_of`;
+    `wide_widths` > 32 for 'wider'); otherwise every option is drawn independently and
+    a CNN may change several properties of `base` at once."""
     pool = hetero.get("num_archs") or 0
     if pool and pool < n:
         archs = sample_archs({**hetero, "num_archs": 0}, pool, seed, image_size)
         return [archs[i % pool] for i in range(n)]
+    families = dict(hetero.get("families") or {})
+    weights = np.asarray(list(families.values()), np.float64)
+    if families and (set(families) - {*FAMILIES, "mlp"} or weights.min() < 0 or weights.sum() <= 0):
+        raise ValueError(
+            f"hetero.families {families}: names in {FAMILIES} or 'mlp', fractions >= 0 "
+            "with a positive sum"
+        )
+    cdf = np.cumsum(weights) / max(weights.sum(), 1e-12)
     out = []
     base = jax.random.fold_in(jax.random.key(seed), 2)
     for i in range(n):
         k = jax.random.split(jax.random.fold_in(base, i), 8)
         act = _choice(k[0], list(hetero["activations"]), 1)[0]
-        if float(jax.random.uniform(k[1])) < hetero["mlp_fraction"]:
+        if families:
+            u = float(jax.random.uniform(k[1]))
+            family = list(families)[min(int(np.searchsorted(cdf, u)), len(cdf) - 1)]
+        else:
+            family = "mlp" if float(jax.random.uniform(k[1])) < hetero["mlp_fraction"] else None
+        if family == "mlp":
             depth = _choice(k[2], list(hetero["mlp_depths"]), 1)[0]
             hidden = _choice(k[3], list(hetero["mlp_widths"]), depth)
             out.append({"kind": "mlp", "hidden": [int(h) for h in hidden], "act": act})
             continue
+        if family is not None:
+            out.append(_family_arch(k, hetero, family, image_size) | {"act": act})
+            continue
         depth = int(_choice(k[2], list(hetero["cnn_depths"]), 1)[0])
         if hetero["per_layer_width"]:
-            widths = [int(w) for w in _choice(k[3], list(hetero["cnn_widths"]), depth)]
+            widths = _choice(k[3], list(hetero["cnn_widths"]), depth)
         else:
-            widths = [int(_choice(k[3], list(hetero["cnn_widths"]), 1)[0])] * depth
-        kernels = [int(_choice(k[4], list(hetero["kernel_sizes"]), 1)[0])] * depth
-        strides = [int(s) for s in list(hetero["strides"])[:depth]]
-        strides += [1] * (depth - len(strides))
-        size = [image_size]
-        for s in strides:
-            size.append(-(-size[-1] // s))
-        residual = [-1] * depth
-        for li in range(2, depth):  # from an earlier same-size layer, not the preceding
-            cands = [j for j in range(li - 1) if size[j + 1] == size[li + 1]]
-            u = float(jax.random.uniform(jax.random.fold_in(k[5], li)))
-            if cands and u < hetero["residual_prob"]:
-                residual[li] = cands[
-                    int(jax.random.randint(jax.random.fold_in(k[6], li), (), 0, len(cands)))
-                ]
-        out.append(
-            {
-                "kind": "cnn",
-                "widths": widths,
-                "kernel_sizes": kernels,
-                "strides": strides,
-                "residual": residual,
-                "act": act,
-            }
-        )
+            widths = [_choice(k[3], list(hetero["cnn_widths"]), 1)[0]] * depth
+        kernel = _choice(k[4], list(hetero["kernel_sizes"]), 1)[0]
+        arch = _cnn_arch(k, hetero, depth, widths, kernel, image_size, hetero["residual_prob"])
+        out.append(arch | {"act": act})
     return out
 
 

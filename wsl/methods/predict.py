@@ -56,6 +56,7 @@ Config (see experiments/ng_cnn_generalization.py):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -91,24 +92,11 @@ ENCODERS = {
 KINDS = ("cnn_zoo", "inr_set", "hetero_zoo")
 # Architecture families of the heterogeneous zoo (experiments/zoo_hetero.py), for
 # cross-architecture transfer: train on one, test on the others.
-FAMILIES = {
-    "all_cnn": lambda a: a["kind"] == "cnn",
-    "base": lambda a: (
-        a["kind"] == "cnn"
-        and len(a["widths"]) <= 3
-        and set(a["kernel_sizes"]) == {3}
-        and max(a["residual"]) < 0
-    ),
-    "deeper": lambda a: (
-        a["kind"] == "cnn"
-        and len(a["widths"]) >= 4
-        and set(a["kernel_sizes"]) == {3}
-        and max(a["residual"]) < 0
-    ),
-    "kernels": lambda a: (
-        a["kind"] == "cnn" and set(a["kernel_sizes"]) != {3} and max(a["residual"]) < 0
-    ),
-    "residual": lambda a: a["kind"] == "cnn" and max(a["residual"]) >= 0,
+# architecture families of a heterogeneous zoo (wsl.data.zoo.family_of): base CNNs (<= 3
+# layers, 3x3 kernels, widths <= 32, no residual link) and one family per changed property
+FAMILIES = {"all_cnn": lambda a: a["kind"] == "cnn"} | {
+    name: functools.partial(lambda a, n: zoo_data.family_of(a) == n, n=name)
+    for name in zoo_data.FAMILIES
 }
 MIXED_ENCODERS = ("NG-GNN", "NG-T", "SNE")
 LOSSES = ("bce", "mse")
