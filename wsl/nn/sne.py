@@ -36,9 +36,10 @@ Choices the paper leaves open (ours; the paper's code is not public):
   instead of O(chunks^2), still exact (NaN output, never a silent error, if a layer
   has more chunks than `window`). When every network has one architecture, `segments`
   (its layers' static (start, size) chunk runs, `chunk.layout`) replaces the masks by one
-  dense attention per layer (`set.segment_attention`: O(sum of layers' chunks^2), ~2.7x
-  faster on a Small CNN Zoo). With `chunk_block='isab'` (m inducing points per
-  layer) compute is linear in the number of chunks.
+  dense attention per layer (`set.segment_attention`: O(sum of layers' chunks^2); ~2x
+  faster training steps on Small CNN Zoo networks, results/bench_sne_step.json). With
+  `chunk_block='isab'` (m inducing points per layer) compute is linear in the number of
+  chunks.
 - Padding chunks and unused layer slots never act as keys and their outputs are zeroed,
   so a larger budget or max_layers gives the same prediction (up to float rounding).
 
