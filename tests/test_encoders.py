@@ -139,6 +139,9 @@ def test_node_norm_against_numpy(mode):
         want = (v - v.mean()) / (v.std() + 1e-5) * scale + bias
         np.testing.assert_allclose(y[rows], want, atol=1e-5)
     assert np.isfinite(y).all()
+    # graph 2 holds padding nodes only (as a mixed batch's padding graphs): finite gradients
+    g = jax.grad(lambda p, x: jnp.sum(norm.apply(p, x, gid, real, 3) ** 2), argnums=(0, 1))
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(g(params, x)))
     with pytest.raises(ValueError, match="unknown norm"):
         gnn.NodeNorm("layer").init(jax.random.key(0), x, gid, real, 3)
 

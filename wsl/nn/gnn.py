@@ -107,7 +107,8 @@ class NodeNorm(nn.Module):
     batch over all real nodes and channels at once (PyG's graph mode called without a batch
     vector, as mkofinas/neural-graphs' PNA does: a prediction then depends on the other
     networks of its batch). 'graph' and 'batch' divide by std + eps (1e-5), as PyG does; padding
-    nodes (`real` False) take no part in the statistics."""
+    nodes (`real` False) take no part in the statistics and are normalised to 0 (then the
+    affine map), so a graph of padding nodes alone keeps the gradients finite."""
 
     mode: str = "node"
     eps: float = 1e-5
@@ -124,7 +125,10 @@ class NodeNorm(nn.Module):
             mean = jraph.segment_sum(jnp.sum(x * w, -1), seg, n_seg) / count
             xc = x - mean[seg][:, None]
             var = jraph.segment_sum(jnp.sum(xc * xc * w, -1), seg, n_seg) / count
-            y = xc / (jnp.sqrt(var)[seg][:, None] + self.eps)
+            # a graph of padding nodes only has var 0: sqrt's gradient there is inf, and
+            # inf * 0 would turn every gradient NaN; padding nodes output 0 before the affine
+            sd = jnp.sqrt(jnp.where(var > 0, var, 1.0)) * (var > 0)
+            y = jnp.where(real[:, None], xc / (sd[seg][:, None] + self.eps), 0.0)
         else:
             raise ValueError(f"unknown norm {self.mode!r}; choose 'node', 'graph' or 'batch'")
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
