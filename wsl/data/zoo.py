@@ -1273,9 +1273,8 @@ def _family_arch(k, hetero, family: str, image_size: int) -> dict:
             "(deeper, residual), wide_widths > 32 (wider) or kernel sizes other than 3"
         )
     depth = int(_choice(k[2], deep if family in ("deeper", "residual") else shallow, 1)[0])
-    ws = [int(w) for w in _choice(k[3], widths, depth)]
+    ws = [int(w) for w in _choice(k[3], widths + wide if family == "wider" else widths, depth)]
     if family == "wider":  # one or more layers wide
-        ws = [int(w) for w in _choice(k[3], widths + wide, depth)]
         if max(ws) <= FAMILY_MAX_WIDTH:
             ws[int(jax.random.randint(k[4], (), 0, depth))] = int(_choice(k[4], wide, 1)[0])
     kernel = int(_choice(k[4], others, 1)[0]) if family == "kernels" else 3
