@@ -67,8 +67,7 @@ def main(argv=None) -> None:
         )
         w = metamorph.insert(sub, gen)
         acc = metamorph.accuracy(sub.module, sub.spec, w, x, y, start=sub.start)
-        mask = metamorph.channel_mask(sub.spec, metamorph.widths_for(full_sizes, sub.groups, c))
-        cut = jax.tree.map(lambda a, k: a * k, sub.weights, mask)  # metamorph.sliced's
+        cut = metamorph.sliced_weights(sub, metamorph.widths_for(full_sizes, sub.groups, c))
         sliced = metamorph.accuracy(sub.module, sub.spec, cut, x, y, start=sub.start)
         row = {"width": h, "trained": bool(lowest <= h), "neumeta": acc, "sliced": sliced}
         rows.append(row)

@@ -17,7 +17,6 @@ import json
 import pathlib
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,8 +77,7 @@ def main(argv=None) -> None:
         if not 1 <= h <= full:
             raise SystemExit(f"error: width {h} outside 1..{full} (--widths)")
         sizes = metamorph.widths_for(full_sizes, sub.groups, 1.0 - h / full)
-        mask = metamorph.channel_mask(sub.spec, sizes)
-        cut = jax.tree.map(lambda a, k: a * k, sub.weights, mask)
+        cut = metamorph.sliced_weights(sub, sizes)
         spread = resample(sub.spec, sub.weights, sub.groups, full_sizes, sizes)
         row = {
             "width": h,

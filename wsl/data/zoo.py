@@ -1221,7 +1221,9 @@ def family_of(arch: Mapping) -> str | None:
     return "base" if not changes else changes[0] if len(changes) == 1 else None
 
 
-def _cnn_arch(k, hetero, depth, widths, kernel, image_size, residual_prob, need_residual=False):
+def _cnn_arch(
+    k, hetero, depth, widths, kernel, act, image_size, residual_prob, need_residual=False
+):
     """A CNN architecture dict; residual links from an earlier same-size layer, each with
     probability `residual_prob` (at least one if `need_residual` and one is possible)."""
     strides = [int(s) for s in list(hetero["strides"])[:depth]]
@@ -1248,11 +1250,11 @@ def _cnn_arch(k, hetero, depth, widths, kernel, image_size, residual_prob, need_
         "kernel_sizes": [int(kernel)] * depth,
         "strides": strides,
         "residual": residual,
-        "act": None,
+        "act": act,
     }
 
 
-def _family_arch(k, hetero, family: str, image_size: int) -> dict:
+def _family_arch(k, hetero, family: str, act: str, image_size: int) -> dict:
     """A CNN of `family` (FAMILIES): `base`'s draw with exactly that property changed."""
     depths = [int(d) for d in hetero["cnn_depths"]]
     shallow = [d for d in depths if d <= FAMILY_MAX_DEPTH]
@@ -1279,7 +1281,7 @@ def _family_arch(k, hetero, family: str, image_size: int) -> dict:
             ws[int(jax.random.randint(k[4], (), 0, depth))] = int(_choice(k[4], wide, 1)[0])
     kernel = int(_choice(k[4], others, 1)[0]) if family == "kernels" else 3
     res = hetero["residual_prob"] if family == "residual" else 0.0
-    return _cnn_arch(k, hetero, depth, ws, kernel, image_size, res, family == "residual")
+    return _cnn_arch(k, hetero, depth, ws, kernel, act, image_size, res, family == "residual")
 
 
 def sample_archs(hetero: Mapping, n: int, seed: int, image_size: int = 28) -> list[dict]:
@@ -1322,7 +1324,7 @@ def sample_archs(hetero: Mapping, n: int, seed: int, image_size: int = 28) -> li
             out.append({"kind": "mlp", "hidden": [int(h) for h in hidden], "act": act})
             continue
         if family is not None:
-            out.append(_family_arch(k, hetero, family, image_size) | {"act": act})
+            out.append(_family_arch(k, hetero, family, act, image_size))
             continue
         depth = int(_choice(k[2], list(hetero["cnn_depths"]), 1)[0])
         if hetero["per_layer_width"]:
@@ -1330,8 +1332,9 @@ def sample_archs(hetero: Mapping, n: int, seed: int, image_size: int = 28) -> li
         else:
             widths = [_choice(k[3], list(hetero["cnn_widths"]), 1)[0]] * depth
         kernel = _choice(k[4], list(hetero["kernel_sizes"]), 1)[0]
-        arch = _cnn_arch(k, hetero, depth, widths, kernel, image_size, hetero["residual_prob"])
-        out.append(arch | {"act": act})
+        out.append(
+            _cnn_arch(k, hetero, depth, widths, kernel, act, image_size, hetero["residual_prob"])
+        )
     return out
 
 

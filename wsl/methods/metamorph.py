@@ -1116,14 +1116,17 @@ def htty_config(config) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- baselines
 
 
+def sliced_weights(subject: Subject, sizes) -> tuple:
+    """The subject's weights with the channels >= sizes[g] of every group g cut (zeroed)."""
+    return jax.tree.map(lambda a, m: a * m, subject.weights, channel_mask(subject.spec, sizes))
+
+
 def sliced(subject: Subject, test, config) -> dict:
     """The smoothed, folded pretrained network with its inner channels >= h cut."""
     x, y = test
     out = {}
     for c in config.widths.eval:
-        sizes = widths_for(subject.plan.group_sizes, subject.groups, c)
-        mask = channel_mask(subject.spec, sizes)
-        w = jax.tree.map(lambda a, m: a * m, subject.weights, mask)
+        w = sliced_weights(subject, widths_for(subject.plan.group_sizes, subject.groups, c))
         out[f"acc_c{round(100 * c)}"] = accuracy(subject.module, subject.spec, w, x, y)
     return out
 

@@ -90,10 +90,9 @@ ENCODERS = {
     "SNE": (sne.SNE, "chunks"),
 }
 KINDS = ("cnn_zoo", "inr_set", "hetero_zoo")
-# Architecture families of the heterogeneous zoo (experiments/zoo_hetero.py), for
-# cross-architecture transfer: train on one, test on the others.
-# architecture families of a heterogeneous zoo (wsl.data.zoo.family_of): base CNNs (<= 3
-# layers, 3x3 kernels, widths <= 32, no residual link) and one family per changed property
+# Architecture families of a heterogeneous zoo (experiments/zoo_hetero.py,
+# wsl.data.zoo.family_of), for cross-architecture transfer: base CNNs (<= 3 layers, 3x3
+# kernels, widths <= 32, no residual link) and one family per changed property.
 FAMILIES = {"all_cnn": lambda a: a["kind"] == "cnn"} | {
     name: functools.partial(lambda a, n: zoo_data.family_of(a) == n, n=name)
     for name in zoo_data.FAMILIES
