@@ -66,14 +66,14 @@ def plot(rows, title: str, path) -> None:
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(
-        len(metrics), len(datasets), figsize=(4.5 * len(datasets), 3.2 * len(metrics)),
-        squeeze=False, sharex=True,
-    )  # fmt: skip
-    for (i, metric), (j, dataset) in (
-        (a, b) for a in enumerate(metrics) for b in enumerate(datasets)
-    ):
-        ax = axes[i][j]
+    panels = [(m, d) for m in metrics for d in datasets]
+    # a row of panels per metric; one data set's metrics three to a row
+    cols = len(datasets) if len(datasets) > 1 else min(len(panels), 3)
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.5 * cols, 3.2 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (metric, dataset) in zip(axes.flat, panels, strict=False):
         for k, method in enumerate(methods):
             key = (method, dataset, metric)
             pts = [r for r in rows if (r["method"], r["dataset"], r["metric"]) == key]
@@ -83,11 +83,10 @@ def plot(rows, title: str, path) -> None:
             m, s = np.asarray([r["mean"] for r in pts]), np.asarray([r["std"] for r in pts])
             ax.plot(x, m, "o-", color=f"C{k}", ms=3, label=method)
             ax.fill_between(x, m - s, m + s, color=f"C{k}", alpha=0.2)
-        ax.set_title(f"{dataset}", fontsize=9)
+        ax.set_title(dataset if len(datasets) > 1 else metric, fontsize=9)
         ax.set_ylabel(metric, fontsize=8)
+        ax.set_xlabel("training step", fontsize=8)
         ax.grid(alpha=0.3)
-        if i == len(metrics) - 1:
-            ax.set_xlabel("training step")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
