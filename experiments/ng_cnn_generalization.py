@@ -88,7 +88,9 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
          "input_scale": 0.0}
     )  # fmt: skip
     c.loss = "bce"
-    c.invariance_weight = 0.0
+    # logit invariance (wsl.methods.predict): unset = the encoder's own (SNE 1.0, the
+    # paper's regulariser; the others 0); e.g. --config.invariance_weight=0 for SNE without
+    c.invariance_weight = ml_collections.config_dict.placeholder(float)
     # paper: the reference scripts' 300 epochs of a 30k-network zoo
     steps = 300 if small else (1100 if variant == "cpu" else 300 * 30000 // 128)
     c.optimizer = ml_collections.ConfigDict(

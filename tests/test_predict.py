@@ -122,6 +122,18 @@ def test_classification_and_logit_invariance(tmp_path):
     assert np.isfinite(final["test_loss"])
 
 
+def test_invariance_weight_defaults_to_the_encoders_own():
+    # unset: SNE's method includes logit invariance (1.0), other encoders none, and none on
+    # a heterogeneous zoo (its networks cannot be permuted as one batch); set: as given
+    unset = ml_collections.config_dict.placeholder(float)
+    for name, mixed, want in (("SNE", False, 1.0), ("SNE", True, 0.0), ("NG-GNN", False, 0.0)):
+        cfg = _config(name, invariance_weight=unset)
+        assert cfg.invariance_weight is None
+        assert predict.invariance_weight(cfg, mixed) == want, (name, mixed)
+    assert predict.invariance_weight(_config("SNE", invariance_weight=0.0), False) == 0.0
+    assert predict.invariance_weight(_config("MLP", invariance_weight=2.0), False) == 2.0
+
+
 def test_clear_errors(tmp_path):
     d = _data()
     with pytest.raises(loop.UserError, match="unknown encoder 'GNN'"):

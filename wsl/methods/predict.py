@@ -25,7 +25,11 @@ Losses: accuracy regression with 'bce' (sigmoid output, binary cross-entropy aga
 accuracy, as the neural-graphs reference's NG-T runs; its NG-GNN runs use 'mse') or 'mse';
 classification with cross-entropy.
 `invariance_weight > 0` adds the logit-invariance term (SNE, Andreis et al. 2024):
-mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network.
+mean (f(w) - f(pi w))^2 with pi a random hidden-neuron permutation of each network. Unset
+(None), it is the encoder's own (`INVARIANCE_WEIGHTS`): 1.0 for SNE, whose method the
+regulariser is part of (the paper learns SNE's invariance with it instead of weight tying;
+its weight is not given there, 1.0 is ours), 0 for the others; on a heterogeneous zoo, where
+networks of different architectures cannot be permuted as one batch, unset means 0.
 Augmentations (`augment.*`, training only, applied to the raw weights, then standardised):
 a random hidden-neuron permutation; for INRs the image translated, rotated and rescaled
 through the first layer (`translate`, `rotate`, `input_scale`: `augment_inr`); Gaussian
@@ -98,6 +102,8 @@ FAMILIES = {"all_cnn": lambda a: a["kind"] == "cnn"} | {
     for name in zoo_data.FAMILIES
 }
 MIXED_ENCODERS = ("NG-GNN", "NG-T", "SNE")
+# the logit-invariance weight of an encoder when config.invariance_weight is unset
+INVARIANCE_WEIGHTS = {"SNE": 1.0}
 LOSSES = ("bce", "mse")
 
 
@@ -527,6 +533,15 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
+def invariance_weight(config, mixed: bool) -> float:
+    """config.invariance_weight, or if unset the encoder's own (`INVARIANCE_WEIGHTS`; 0 on a
+    heterogeneous zoo, whose networks cannot be permuted as one batch)."""
+    weight = config.get("invariance_weight")
+    if weight is None:
+        weight = 0.0 if mixed else INVARIANCE_WEIGHTS.get(config.encoder.name, 0.0)
+    return float(weight)
+
+
 def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     """(loop.Task, encoder module) for `data`; `extra_eval` {prefix: WeightData} are
     evaluated too (same architecture, or any for mixed data)."""
@@ -558,7 +573,7 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
                 f"encoder {config.encoder.name!r} needs networks of one architecture; on a "
                 f"heterogeneous zoo use one of {MIXED_ENCODERS}"
             )
-        if augmenting or config.get("invariance_weight", 0.0):
+        if augmenting or config.get("invariance_weight"):
             raise loop.UserError(
                 "augment.* and invariance_weight need networks of one architecture; set "
                 "them to 0 / False for a heterogeneous zoo"
@@ -590,7 +605,7 @@ def build(config, data: WeightData, mesh, extra_eval: dict | None = None):
     loss_name = config.get("loss", "bce")
     if regression and loss_name not in LOSSES:
         raise loop.UserError(f"unknown loss {loss_name!r} (config.loss); choose one of {LOSSES}")
-    inv_weight = float(config.get("invariance_weight", 0.0))
+    inv_weight = invariance_weight(config, data.mixed)
     tx = classify.make_optimizer(config.optimizer, config.train.num_steps)
     batch_size = config.train.batch_size
 
