@@ -46,7 +46,10 @@ Choices the paper leaves open (ours; the paper's code is not public):
 Logit invariance (Moskalev et al. 2023, as used by SNE): with pi a random hidden-neuron
 permutation of the *input network* (`wsl.weights.symmetry.permute`, function
 preserving), penalise ||f(w) - f(pi w)||^2 (mean over networks and outputs), gradients
-through both terms; the training loss is task + `weight` * this term.
+through both terms; the training loss is task + `weight` * this term. Part of the method:
+`wsl.methods.predict` trains SNE with it unless `invariance_weight` is set (weight 1.0,
+ours: the paper does not state it; its effect on our MNIST zoo: results/sne_ablation.md,
+SNE vs SNE-nologitinv), with a fresh pi per network at every step.
 """
 
 from __future__ import annotations
