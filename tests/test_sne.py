@@ -163,15 +163,16 @@ def test_static_segments_equal_masked_attention():
         masked = SNE(out_dim=3, dim=16, hidden=16, heads=2, block=8, window=window)
         static = masked.clone(segments=segments)
         params = jax.jit(masked.init)(jax.random.key(0), b)
-        close(static.apply(params, b), masked.apply(params, b), atol=2e-5)
+        close(jax.jit(static.apply)(params, b), jax.jit(masked.apply)(params, b), atol=2e-5)
 
         def grad(m, params=params, b=b):
-            return jax.tree.leaves(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, b))))(params))
+            g = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, b)))))(params)
+            return jax.tree.leaves(g)
 
         for gs, gm in zip(grad(static), grad(masked), strict=True):
             close(gs, gm, atol=2e-5)
         wrong = masked.clone(segments=((0, segments[0][1] - 1), *segments[1:]))
-        assert np.all(np.isnan(np.asarray(wrong.apply(params, b))))
+        assert np.all(np.isnan(np.asarray(jax.jit(wrong.apply)(params, b))))
         with pytest.raises(ValueError, match="must be disjoint"):
             masked.clone(segments=((0, segments[0][1] + 1), *segments[1:])).apply(params, b)
 
