@@ -251,8 +251,8 @@ TABLES["sne_cnn"] = Table(
 TABLES["sne_inr"] = Table(
     title="SNE (Andreis et al. 2024): INR classification accuracy on our DWSNets-style SIREN "
     "sets, beside the neural-graph table's encoders (same runs, trained with random "
-    "hidden-neuron permutations as augmentation; SNE, with its logit-invariance regulariser, "
-    "is not invariant to them by construction; SNE-noperm: without them)",
+    "hidden-neuron permutations as augmentation; SNE, not invariant to them by construction, "
+    "also with its logit-invariance regulariser; SNE-noperm: without the augmentation)",
     runs=tuple(
         _predict_run(
             enc, ds, path, "experiments/ng_inr_classification.py", "test_accuracy", subdir=sub
