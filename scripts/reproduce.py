@@ -435,23 +435,39 @@ def reproduce(
     datasets=None,
     methods=None,
     merge=False,
+    rows_from=(),
 ) -> dict:
     """Run table `name` and write results_dir/NAME.{json,md,png}; returns the JSON record.
     `datasets` / `methods`: only the rows of these datasets (e.g. the ones whose zoo
     exists) / methods (e.g. the long run of a table first). `merge`: keep the rows of the
     (method, dataset) pairs not run now from the existing results_dir/NAME.json (same
-    variant), with their command, commit, date and machine under "merged_from"."""
+    variant), with their command, commit, date and machine under "merged_from".
+    `rows_from`: other tables whose results_dir/<table>.json (same variant) gives the rows
+    of the runs this table shares with them (the same run folder and metric), instead of
+    running them (e.g. the SNE tables' baselines, once their run folders are gone)."""
     import numpy as np
 
     table = TABLES[name]
     results_dir = pathlib.Path(results_dir)
     previous = load_previous(results_dir / f"{name}.json", variant) if merge else None
+    taken, taken_from = [], []
+    for other in rows_from:
+        if other not in TABLES or other == name:
+            raise RuntimeError(f"--rows_from: {other!r} is not another registered table")
+        record = load_previous(results_dir / f"{other}.json", variant, "--rows_from")
+        done = {(r["method"], r["dataset"], r["metric"]) for r in taken}
+        more, sources = shared_rows(table, other, record, done)
+        taken += more
+        taken_from += sources
+    skip = {(r["method"], r["dataset"], r["metric"]) for r in taken}
     runs = [
         r
         for r in table.runs
-        if (datasets is None or r.dataset in datasets) and (methods is None or r.method in methods)
+        if (datasets is None or r.dataset in datasets)
+        and (methods is None or r.method in methods)
+        and (r.method, r.dataset, r.metric) not in skip
     ]
-    if not runs:
+    if not runs and not taken:
         known = sorted({r.dataset for r in table.runs}), sorted({r.method for r in table.runs})
         raise RuntimeError(
             f"no rows of datasets {sorted(datasets or [])} / methods {sorted(methods or [])}; "
@@ -482,9 +498,10 @@ def reproduce(
             }
         )
     argv = sys.argv[1:] if argv is None else argv
-    merged_from = []
+    rows, merged_from = table_order(table, rows + taken), taken_from
     if previous is not None:
-        rows, merged_from = merge_rows(table, rows, previous)
+        rows, kept_from = merge_rows(table, rows, previous)
+        merged_from = merged_from + kept_from
     record = {
         "table": name,
         "variant": variant,
@@ -506,17 +523,50 @@ def reproduce(
     return record
 
 
-def load_previous(path: pathlib.Path, variant: str) -> dict:
-    """The table's existing record, for --merge: it must exist and be of `variant`."""
+def load_previous(path: pathlib.Path, variant: str, flag: str = "--merge") -> dict:
+    """A table's existing record, for --merge / --rows_from: it must exist and be of
+    `variant`."""
     if not path.exists():
-        raise RuntimeError(f"--merge: {path} does not exist; run the table without --merge")
+        raise RuntimeError(f"{flag}: {path} does not exist; run that table first")
     record = json.loads(path.read_text())
     if record.get("variant") != variant:
         raise RuntimeError(
-            f"--merge: {path} holds the {record.get('variant')!r} variant, not {variant!r}; "
+            f"{flag}: {path} holds the {record.get('variant')!r} variant, not {variant!r}; "
             "merge only rows of one variant"
         )
     return record
+
+
+def table_order(table: Table, rows: list) -> list:
+    """`rows` sorted as the table lists its runs (unknown rows last)."""
+    order = {(r.method, r.dataset, r.metric): i for i, r in enumerate(table.runs)}
+    return sorted(
+        rows, key=lambda r: order.get((r["method"], r["dataset"], r["metric"]), len(order))
+    )
+
+
+def shared_rows(table: Table, other: str, record: dict, done=frozenset()) -> tuple[list, list]:
+    """(rows, sources): the rows of `table`'s runs that table `other` also runs (the same
+    run folder and metric), read from other's `record` and named as `table` names them,
+    except those in `done` ((method, dataset, metric)); sources: where each came from, as
+    merge_rows gives it (other's own command, or the record it had merged that row from)."""
+    theirs = {(r.folder, r.metric): r for r in TABLES[other].runs if r.folder}
+    values = {(r["method"], r["dataset"], r["metric"]): r for r in record["rows"]}
+    fields = ("command", "commit", "date", "machine", "wall_s")
+    rows, by_source = [], {}
+    for run in table.runs:
+        src_run = theirs.get((run.folder, run.metric)) if run.folder else None
+        key = (run.method, run.dataset, run.metric)
+        row = src_run and values.get((src_run.method, src_run.dataset, src_run.metric))
+        if not row or row["mean"] is None or key in done:
+            continue
+        rows.append(row | {"method": run.method, "dataset": run.dataset})
+        pair = f"{src_run.method}/{src_run.dataset}"
+        src = next((s for s in record.get("merged_from", []) if pair in s["rows"]), record)
+        entry = by_source.setdefault(id(src), {k: src[k] for k in fields} | {"rows": []})
+        if f"{run.method}/{run.dataset}" not in entry["rows"]:
+            entry["rows"].append(f"{run.method}/{run.dataset}")
+    return rows, [s | {"rows": sorted(s["rows"])} for s in by_source.values()]
 
 
 def merge_rows(table: Table, rows: list, previous: dict) -> tuple[list, list]:
@@ -525,10 +575,7 @@ def merge_rows(table: Table, rows: list, previous: dict) -> tuple[list, list]:
     kept rows came from (the previous record's own command, or what it had merged)."""
     done = {(r["method"], r["dataset"]) for r in rows}
     kept = [r for r in previous["rows"] if (r["method"], r["dataset"]) not in done]
-    order = {(r.method, r.dataset, r.metric): i for i, r in enumerate(table.runs)}
-    merged = sorted(
-        rows + kept, key=lambda r: order.get((r["method"], r["dataset"], r["metric"]), len(order))
-    )
+    merged = table_order(table, rows + kept)
     pairs = {f"{r['method']}/{r['dataset']}" for r in kept}
     earlier = previous.get("merged_from", [])
     own = pairs - {p for src in earlier for p in src["rows"]}
@@ -696,6 +743,13 @@ def main(argv=None) -> int:
         "variant; their command and commit are recorded beside them), e.g. to add one "
         "method's long run to a table whose other runs are gone",
     )
+    parser.add_argument(
+        "--rows_from",
+        default="",
+        help="comma-separated tables whose results JSON (same variant) gives the rows of the "
+        "runs this table shares with them (same run folder), instead of running them; "
+        "e.g. --table sne_inr --rows_from ng_inr_classification",
+    )
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--results_dir", default=str(ROOT / "results"))
     args = parser.parse_args(argv)
@@ -718,6 +772,7 @@ def main(argv=None) -> int:
                 datasets=set(args.datasets.split(",")) if args.datasets else None,
                 methods=set(args.methods.split(",")) if args.methods else None,
                 merge=args.merge,
+                rows_from=[t for t in args.rows_from.split(",") if t],
             )
             for row in record["rows"]:
                 print(

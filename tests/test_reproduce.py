@@ -3,6 +3,7 @@ num_steps as test_main, so the step compiled there comes from the compilation ca
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -208,3 +209,40 @@ def test_merge_keeps_rows_not_run_with_their_provenance(tmp_path, reproduce):
     assert [s["rows"] for s in third["merged_from"]] == [["B/X"], ["A/Y"]]
     assert third["merged_from"][1]["command"] == first["command"]
     assert len(third["rows"]) == 6
+
+
+def test_rows_from_takes_the_shared_runs_rows_from_the_other_tables_record(tmp_path, reproduce):
+    """--rows_from T: rows whose run folder T also runs come from T's results JSON (named
+    as this table names them, with T's provenance) and are not run; the rest run."""
+    base = tuple(
+        reproduce.Run(m, "X", "experiments/none.py", "acc", folder=f"shared/{m}")
+        for m in ("A", "B")
+    )
+    reproduce.TABLES["base"] = reproduce.Table(runs=base)
+    reproduce.TABLES["user"] = reproduce.Table(
+        runs=(
+            reproduce.Run("C", "X", "experiments/none.py", "acc"),
+            reproduce.Run("A", "X-label", "experiments/none.py", "acc", folder="shared/A"),
+            reproduce.Run("B", "X", "experiments/none.py", "loss", folder="shared/B"),
+        )
+    )
+    dirs = ["--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    for folder, value in (("shared/A", 0.5), ("shared/B", 0.6), ("user/C-X", 0.7)):
+        seed = tmp_path / "runs" / folder / "smoke" / "seed0"
+        seed.mkdir(parents=True)
+        (seed / "results.json").write_text(json.dumps({"acc": value, "loss": 1 - value}))
+    args = ["--table", "user", "--rows_from", "base", *dirs]
+    assert reproduce.main(args) == 1  # base has no record yet: one clear error
+    assert reproduce.main(["--table", "base", *dirs]) == 0
+    base_record = json.loads((tmp_path / "results" / "base.json").read_text())
+    # A's run folder is gone: its row must come from base's record, not from a run
+    shutil.rmtree(tmp_path / "runs" / "shared" / "A")
+    assert reproduce.main(args) == 0
+    record = json.loads((tmp_path / "results" / "user.json").read_text())
+    got = [(r["method"], r["dataset"], r["metric"], r["mean"]) for r in record["rows"]]
+    # B's loss is not a metric base reports for that folder: read from its run
+    assert got == [("C", "X", "acc", 0.7), ("A", "X-label", "acc", 0.5),
+                   ("B", "X", "loss", pytest.approx(0.4))]  # fmt: skip
+    (src,) = record["merged_from"]
+    assert src["rows"] == ["A/X-label"] and src["command"] == base_record["command"]
+    assert reproduce.main(["--table", "user", "--rows_from", "user", *dirs]) == 1
