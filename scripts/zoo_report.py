@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         f"- {record['note']}",
         "- wall time: as the generator records it, summed over the runs that reached the "
         "end; a run killed earlier is not counted, though the shards it wrote are kept "
-        "(inrs/mnist, inrs/fashion_mnist and inrs/mnist_dws were finished by a second run, so "
+        "(inrs/mnist and inrs/fashion_mnist were finished by a second run, so "
         "they took longer)",
         f"- written at commit `{record['commit']}`, {record['date']}, {m['platform']}, "
         f"{m['cpu_count']} CPUs; each row's commit: the code it was summarised at",
