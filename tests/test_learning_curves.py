@@ -66,3 +66,40 @@ def test_unknown_table_or_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no evaluations of table sne_cnn"):
         lc.main(["--table", "sne_cnn", "--runs_dir", str(tmp_path), "--out", str(tmp_path)])
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_merge_keeps_the_curves_of_runs_no_longer_found(tmp_path, monkeypatch):
+    """--merge: rows whose runs are gone come from the existing record (with the command
+    and commit that made them); rows found now replace theirs; runs kept are not 'missing'."""
+    R = lc.reproduce
+    table = R.Table(
+        runs=(
+            R.Run("A", "D", "c.py", "test_acc", seeds=(0,), folder="t/A"),
+            R.Run("B", "D", "c.py", "test_acc", seeds=(0,), folder="t/B"),
+        )
+    )
+    monkeypatch.setitem(R.TABLES, "tiny", table)
+    runs, out = tmp_path / "runs", tmp_path / "res"
+    out.mkdir()
+    ev = lambda step, acc: {"step": step, "split": "eval", "test_acc": acc}
+    _log(runs / "t/A/cpu/seed0", [ev(10, 0.5)])
+    args = ["--table", "tiny", "--runs_dir", str(runs), "--out", str(out)]
+    with pytest.raises(SystemExit, match="--merge: .* does not exist"):
+        lc.main([*args, "--merge"])
+    lc.main(args)
+    first = json.loads((out / "tiny_curves_cpu.json").read_text())
+    # A's run folder is lost, B has run, A's seed is not rerun
+    (runs / "t/A/cpu/seed0/metrics.jsonl").unlink()
+    _log(runs / "t/B/cpu/seed0", [ev(10, 0.7), ev(20, 0.8)])
+    lc.main([*args, "--merge"])
+    rec = json.loads((out / "tiny_curves_cpu.json").read_text())
+    got = [(r["method"], r["step"], r["mean"]) for r in rec["rows"]]
+    assert got == [("A", 10, 0.5), ("B", 10, 0.7), ("B", 20, 0.8)]
+    (src,) = rec["merged_from"]
+    assert src["rows"] == ["A/D"] and src["commit"] == first["commit"]
+    assert rec["missing"] == []
+    assert first["command"] in (out / "tiny_curves_cpu.md").read_text()
+    # without --merge the lost run's curve is gone
+    lc.main(args)
+    rec = json.loads((out / "tiny_curves_cpu.json").read_text())
+    assert {r["method"] for r in rec["rows"]} == {"B"} and "merged_from" not in rec

@@ -4,13 +4,16 @@ results/NAME.{json,md,png} (NAME: <table>_curves_<variant> unless --name). It te
 whose budget ended while it was still improving from one that had flattened or turned.
 
     python scripts/diagnostics/learning_curves.py --table ng_inr_classification \
-        --variant cpu [--runs_dir runs] [--metrics test_accuracy,val_accuracy]
+        --variant cpu [--runs_dir runs] [--metrics test_accuracy,val_accuracy] [--merge]
 
 Runs that have not started are skipped (and named); the record gives this checkout's commit,
-the runs' own commands are in their folders (run.json) and in results/<table>.md.
+the runs' own commands are in their folders (run.json) and in results/<table>.md. --merge
+keeps the curves of the existing record whose runs are not found now (e.g. on a machine that
+lost those run folders), naming the command and commit they came from.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -53,6 +56,36 @@ def curves(table: str, variant: str, runs_dir, metrics=()) -> tuple[list, list]:
                     | {"std": float(np.std(values)), "n_seeds": len(values)}
                 )
     return rows, missing
+
+
+def merge(rows, path: pathlib.Path, table: str) -> tuple[list, list]:
+    """(rows, merged_from): `rows` plus the rows of the record at `path` whose (method,
+    dataset, metric) has none now, in the table's order; merged_from names the command,
+    commit and date each kept (method/dataset) came from."""
+    if not path.exists():
+        raise SystemExit(f"error: --merge: {path} does not exist; run without --merge")
+    old = json.loads(path.read_text())
+
+    def key(r):
+        return r["method"], r["dataset"], r["metric"]
+
+    now = {key(r) for r in rows}
+    kept = [r for r in old["rows"] if key(r) not in now]
+    pairs = sorted({f"{r['method']}/{r['dataset']}" for r in kept})
+    earlier = old.get("merged_from", [])
+    own = [p for p in pairs if not any(p in s["rows"] for s in earlier)]
+    sources = [{k: old[k] for k in ("command", "commit", "date")} | {"rows": own}]
+    sources += [s | {"rows": [p for p in s["rows"] if p in pairs]} for s in earlier]
+    runs = reproduce.TABLES[table].runs
+    order = {(r.method, r.dataset, r.metric): i for i, r in enumerate(runs)}
+    first = {}
+    for i, r in enumerate(runs):
+        first.setdefault((r.method, r.dataset), i)
+
+    def rank(r):  # the table's order of runs, then metric, then step
+        return order.get(key(r), first.get(key(r)[:2], len(runs))), r["metric"], r["step"]
+
+    return sorted(rows + kept, key=rank), [s for s in sources if s["rows"]]
 
 
 def plot(rows, title: str, path) -> None:
@@ -102,22 +135,41 @@ def main(argv=None) -> None:
     p.add_argument("--metrics", default="", help="comma-separated; default each row's own")
     p.add_argument("--name", default="", help="default <table>_curves_<variant>")
     p.add_argument("--out", default=str(ROOT / "results"), help="where NAME.{json,md,png} go")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the existing record's curves of the rows whose runs are not found now",
+    )
     args = p.parse_args(argv)
     if args.table not in reproduce.TABLES:
         raise SystemExit(f"error: unknown table {args.table!r}; one of {sorted(reproduce.TABLES)}")
     metrics = tuple(m for m in args.metrics.split(",") if m)
     rows, missing = curves(args.table, args.variant, args.runs_dir, metrics)
+    name = args.name or f"{args.table}_curves_{args.variant}"
+    out = pathlib.Path(args.out) / name
+    merged_from = []
+    if args.merge:
+        rows, merged_from = merge(rows, out.with_suffix(".json"), args.table)
+        kept = {tuple(p.split("/", 1)) for s in merged_from for p in s["rows"]}
+        folders = [
+            str(pathlib.Path(args.runs_dir) / (r.folder or f"{args.table}/{reproduce.slug(r)}"))
+            for r in reproduce.TABLES[args.table].runs
+            if (r.method, r.dataset) in kept
+        ]
+        missing = [w for w in missing if not any(w.startswith(f + "/") for f in folders)]
     for workdir in missing:
         print(f"not run (no evaluations): {workdir}")
     if not rows:
         raise SystemExit(f"error: no evaluations of table {args.table} in {args.runs_dir}")
-    name = args.name or f"{args.table}_curves_{args.variant}"
-    out = pathlib.Path(args.out) / name
     what = f"Learning curves of {args.table} ({args.variant}): each row's metric at every "
     what += "evaluation, mean and std over the seeds that logged it, from the runs' "
-    what += f"metrics.jsonl (their commands and commits: results/{args.table}.md)"
+    what += f"metrics.jsonl (their commands and commits: results/{args.table}.md)."
+    for src in merged_from:
+        what += f" {', '.join(src['rows'])}: kept from `{src['command']}` at commit "
+        what += f"`{src['commit'][:7]}`, {src['date']}."
     argv = sys.argv if argv is None else ["scripts/diagnostics/learning_curves.py", *argv]
-    record_eval.record(out, rows, argv, what, table=args.table, missing=missing)
+    extra = {"merged_from": merged_from} if merged_from else {}
+    record_eval.record(out, rows, argv, what, table=args.table, missing=missing, **extra)
     plot(rows, f"{args.table} ({args.variant})", out.with_suffix(".png"))
     print(f"wrote {out}.{{json,md,png}}")
 
