@@ -574,7 +574,11 @@ def merge_rows(table: Table, rows: list, previous: dict) -> tuple[list, list]:
     (method, dataset) pairs not run now, in the table's order; merged_from lists where the
     kept rows came from (the previous record's own command, or what it had merged)."""
     done = {(r["method"], r["dataset"]) for r in rows}
-    kept = [r for r in previous["rows"] if (r["method"], r["dataset"]) not in done]
+    kept = [  # a failed row (no seed finished) is not a result: never kept
+        r
+        for r in previous["rows"]
+        if (r["method"], r["dataset"]) not in done and r["mean"] is not None
+    ]
     merged = table_order(table, rows + kept)
     pairs = {f"{r['method']}/{r['dataset']}" for r in kept}
     earlier = previous.get("merged_from", [])
@@ -775,9 +779,10 @@ def main(argv=None) -> int:
                 rows_from=[t for t in args.rows_from.split(",") if t],
             )
             for row in record["rows"]:
+                value = "failed" if row["mean"] is None else f"{row['mean']:.4f} ± {row['std']:.4f}"
                 print(
                     f"{name}: {row['method']} {row['dataset']} {row['metric']} = "
-                    f"{row['mean']:.4f} ± {row['std']:.4f} ({row['n_seeds']} seeds)"
+                    f"{value} ({row['n_seeds']} seeds)"
                 )
         except RuntimeError as e:
             print(f"error: {name}: {e}", file=sys.stderr)

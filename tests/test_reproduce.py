@@ -246,3 +246,20 @@ def test_rows_from_takes_the_shared_runs_rows_from_the_other_tables_record(tmp_p
     (src,) = record["merged_from"]
     assert src["rows"] == ["A/X-label"] and src["command"] == base_record["command"]
     assert reproduce.main(["--table", "user", "--rows_from", "user", *dirs]) == 1
+
+
+def test_merge_never_keeps_a_failed_row(tmp_path, reproduce):
+    """A row whose seeds all failed (mean None) is not a result: --merge drops it, and the
+    rows printed after a merge are all numbers."""
+    runs = tuple(reproduce.Run(m, "X", "experiments/none.py", "acc") for m in ("A", "B"))
+    reproduce.TABLES["failing"] = reproduce.Table(runs=runs)
+    dirs = ["--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")]
+    _fake_runs(tmp_path / "runs", "failing", {("A", "X"): 0.5})
+    assert reproduce.main(["--table", "failing", "--methods", "A", *dirs]) == 0
+    path = tmp_path / "results" / "failing.json"
+    record = json.loads(path.read_text())
+    failed = {"method": "B", "dataset": "X", "metric": "acc", "mean": None, "std": None}
+    record["rows"].append(failed | {"n_seeds": 0})
+    path.write_text(json.dumps(record))
+    assert reproduce.main(["--table", "failing", "--methods", "A", "--merge", *dirs]) == 0
+    assert [r["method"] for r in json.loads(path.read_text())["rows"]] == ["A"]
