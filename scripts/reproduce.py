@@ -380,6 +380,11 @@ def slug(run: Run) -> str:
     return f"{run.method}-{run.dataset}".replace("/", "_").replace(" ", "_")
 
 
+def run_folder(table: str, run: Run) -> str:
+    """The folder under runs_dir that holds `run`'s variants and seeds."""
+    return run.folder or f"{table}/{slug(run)}"
+
+
 def command(run: Run, variant: str, seed: int, workdir: pathlib.Path) -> list[str]:
     config = run.config if ":" in run.config else f"{run.config}:{variant}"
     return [
@@ -477,7 +482,7 @@ def reproduce(
     for run in runs:
         values = []
         for seed in run.seeds:
-            folder = run.folder or f"{name}/{slug(run)}"
+            folder = run_folder(name, run)
             seed_dir = pathlib.Path(variant) / f"seed{seed}"
             workdir = pathlib.Path(runs_dir).absolute() / folder / seed_dir
             source = pathlib.Path(runs_dir).absolute() / run.reuse / seed_dir if run.reuse else None

@@ -39,7 +39,7 @@ def curves(table: str, variant: str, runs_dir, metrics=()) -> tuple[list, list]:
             if key in seen:
                 continue
             seen.add(key)
-            folder = pathlib.Path(runs_dir) / (run.folder or f"{table}/{reproduce.slug(run)}")
+            folder = pathlib.Path(runs_dir) / reproduce.run_folder(table, run)
             by_step: dict[int, list[float]] = {}
             for seed in run.seeds:
                 workdir = folder / variant / f"seed{seed}"
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
         rows, merged_from = merge(rows, out.with_suffix(".json"), args.table)
         kept = {tuple(p.split("/", 1)) for s in merged_from for p in s["rows"]}
         folders = [
-            str(pathlib.Path(args.runs_dir) / (r.folder or f"{args.table}/{reproduce.slug(r)}"))
+            str(pathlib.Path(args.runs_dir) / reproduce.run_folder(args.table, r))
             for r in reproduce.TABLES[args.table].runs
             if (r.method, r.dataset) in kept
         ]
