@@ -99,6 +99,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
             # ours (wsl.nn.hyper.INR), with gaussian_scale
             "encoding": "axis",
             "gaussian_scale": 10.0,
+            # False (ours): the layer sizes I / N, O / N are not INR inputs (wsl.nn.hyper.INR)
+            "size_coords": True,
         }
     )
     c.noise = 1.0

@@ -707,3 +707,18 @@ def test_htty_reconstruction_steps_from_a_sample_of_queries():
     c.train.recon_fraction = 0.0
     with pytest.raises(loop.UserError, match="recon_fraction=0.0 must be"):
         metamorph.make_htty_task(sub, inr, tx, DATA, c, parallel.make_mesh())
+
+
+def test_inr_without_size_coords_ignores_the_layer_sizes_only():
+    """size_coords=False: coordinates that differ only in I / N, O / N give the same weights;
+    positions still matter; the default sees the sizes."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 1, (8, 6)), jnp.float32)
+    y = x.at[:, 4:].set(jnp.asarray(rng.uniform(0, 1, (8, 2)), jnp.float32))
+    z = x.at[:, 1].add(0.25)
+    for size_coords, same in ((False, True), (True, False)):
+        inr = hyper.INR(32, 2, 4, size_coords=size_coords)
+        params = inr.init(jax.random.key(0), x)
+        fx, fy, fz = (np.asarray(inr.apply(params, c)["conv"]) for c in (x, y, z))
+        assert np.allclose(fx, fy) == same
+        assert not np.allclose(fx, fz)

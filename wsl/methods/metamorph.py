@@ -382,6 +382,7 @@ def make_inr(config) -> hyper.INR:
         c.scalar,
         c.get("encoding", "axis"),
         c.get("gaussian_scale", 10.0),
+        c.get("size_coords", True),
     )
 
 

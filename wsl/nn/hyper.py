@@ -81,9 +81,15 @@ class INR(nn.Module):
     # gaussian over (l/L, i/I, o/O), per-axis over the sizes (ours)
     encoding: str = "axis"
     gaussian_scale: float = 10.0
+    # False (ours): the INR does not see the layer sizes (I / N, O / N set to 0), so every
+    # width samples one function of (l / L, i / I, o / O) and a never-trained width is an
+    # interpolation of the positions rather than an extrapolation of the sizes
+    size_coords: bool = True
 
     @nn.compact
     def __call__(self, coords: jax.Array) -> dict[str, jax.Array]:
+        if not self.size_coords:
+            coords = coords.at[..., 4:].set(0.0)
         if self.encoding == "gaussian":
             feats = gaussian_features(
                 coords, coords.shape[-1] * self.num_freqs, self.gaussian_scale
