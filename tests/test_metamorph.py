@@ -162,6 +162,20 @@ def test_generate_every_layer_in_one_call_deterministic_and_masked():
     assert mean[0]["kernel"].shape == a[0]["kernel"].shape
 
 
+def test_generate_at_uses_the_configured_norm_with_and_without_samples():
+    """generate_at passes inr.norm on both paths (k = 1: noiseless; k > 1: sample mean with
+    noise 0 equals the noiseless weights)."""
+    sub = _subject()
+    inr = hyper.INR(hidden=16, num_layers=2, num_freqs=4)
+    params = inr.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+    key = jax.random.key(1)
+    one, _ = metamorph.generate_at(sub, inr, params, 0.5, key, 1, 0.0, 16.0)
+    mean, _ = metamorph.generate_at(sub, inr, params, 0.5, key, 3, 0.0, 16.0)
+    other, _ = metamorph.generate_at(sub, inr, params, 0.5, key, 1, 0.0, 64.0)
+    np.testing.assert_allclose(one[0]["kernel"], mean[0]["kernel"], atol=1e-6)
+    assert not np.allclose(one[0]["kernel"], other[0]["kernel"])
+
+
 def test_zero_channels_compute_the_narrow_network():
     """The masking principle behind every width: an MLP of hidden width 16 with channels
     >= 10 cut computes what an MLP of width 10 with the leading weights computes."""

@@ -4,13 +4,14 @@ sweeps 16..64 the same way).
 
     python scripts/diagnostics/neumeta_widths.py WORKDIR STEP [--widths 16,20,...,64]
         [--test_size 0] [--out results/NAME] [--description "..."]
-        [--also LABEL=WORKDIR ...]
+        [--also LABEL=WORKDIR ...] [--k_samples 1]
 
 Uses the run's own config (its test subset unless --test_size is given), the EMA
 parameters of checkpoint STEP and the run's K noisy samples per width. Prints one row per
 width; with --out writes NAME.{json,md,png} with the command, commit, date and machine.
 --also adds a column LABEL per further run of the same pretrained block (e.g. another
 seed or setting; its checkpoint STEP, its own config and K), on the same test images.
+--k_samples K replaces every run's K (1: the generated weights without coordinate noise).
 """
 
 import argparse
@@ -35,6 +36,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="")
     p.add_argument("--description", default="")
     p.add_argument("--also", action="append", default=[], help="LABEL=WORKDIR, repeatable")
+    p.add_argument("--k_samples", type=int, default=0, help="0: each run's; 1: noiseless")
     args_in = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(args_in)
     from wsl.methods import metamorph
@@ -82,7 +84,14 @@ def main(argv=None) -> None:
         for label, cfg, inr, params in models:
             key = jax.random.key(cfg.seed + 1)  # evaluate_neumeta's
             gen, _ = metamorph.generate_at(
-                sub, inr, params, c, key, cfg.eval.k_samples, cfg.noise, cfg.inr.norm
+                sub,
+                inr,
+                params,
+                c,
+                key,
+                args.k_samples or cfg.eval.k_samples,
+                cfg.noise,
+                cfg.inr.norm,
             )
             w = metamorph.insert(sub, gen)
             row[label] = metamorph.accuracy(sub.module, sub.spec, w, x, y, start=sub.start)
@@ -97,7 +106,7 @@ def main(argv=None) -> None:
         record_eval.record(
             args.out, rows, [f"scripts/diagnostics/{SCRIPT}", *args_in], args.description,
             workdir=args.workdir, step=args.step, test_size=len(y),
-            k_samples=[cfg.eval.k_samples for _, cfg, _, _ in models],
+            k_samples=[args.k_samples or cfg.eval.k_samples for _, cfg, _, _ in models],
         )  # fmt: skip
         out = pathlib.Path(args.out)
         plot(rows, [label for label, *_ in models], lowest, full, out.with_suffix(".png"))

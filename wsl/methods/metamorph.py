@@ -497,7 +497,7 @@ def generate_at(
     sizes = widths_for(subject.plan.group_sizes, subject.groups, compression)
     shape = hyper.shape_for(subject.plan, sizes)
     if k <= 1:
-        return hyper.generate(inr, params, subject.plan, shape), sizes
+        return hyper.generate(inr, params, subject.plan, shape, norm=norm), sizes
     return hyper.generate_mean(inr, params, subject.plan, shape, key, k, noise, norm), sizes
 
 
