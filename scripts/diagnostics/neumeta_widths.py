@@ -4,14 +4,15 @@ sweeps 16..64 the same way).
 
     python scripts/diagnostics/neumeta_widths.py WORKDIR STEP [--widths 16,20,...,64]
         [--test_size 0] [--out results/NAME] [--description "..."]
-        [--also LABEL=WORKDIR ...] [--k_samples 1]
+        [--also LABEL=WORKDIR ...] [--k_samples 1] [--noise 2]
 
 Uses the run's own config (its test subset unless --test_size is given), the EMA
 parameters of checkpoint STEP and the run's K noisy samples per width. Prints one row per
 width; with --out writes NAME.{json,md,png} with the command, commit, date and machine.
 --also adds a column LABEL per further run of the same pretrained block (e.g. another
 seed or setting; its checkpoint STEP, its own config and K), on the same test images.
---k_samples K replaces every run's K (1: the generated weights without coordinate noise).
+--k_samples K replaces every run's K (1: the generated weights without coordinate noise),
+--noise S its coordinate noise at evaluation (U(-S/2, S/2) on the raw coordinates).
 """
 
 import argparse
@@ -37,6 +38,7 @@ def main(argv=None) -> None:
     p.add_argument("--description", default="")
     p.add_argument("--also", action="append", default=[], help="LABEL=WORKDIR, repeatable")
     p.add_argument("--k_samples", type=int, default=0, help="0: each run's; 1: noiseless")
+    p.add_argument("--noise", type=float, default=-1.0, help="coordinate noise; -1: each run's")
     args_in = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(args_in)
     from wsl.methods import metamorph
@@ -90,7 +92,7 @@ def main(argv=None) -> None:
                 c,
                 key,
                 args.k_samples or cfg.eval.k_samples,
-                cfg.noise,
+                cfg.noise if args.noise < 0 else args.noise,
                 cfg.inr.norm,
             )
             w = metamorph.insert(sub, gen)
@@ -107,6 +109,7 @@ def main(argv=None) -> None:
             args.out, rows, [f"scripts/diagnostics/{SCRIPT}", *args_in], args.description,
             workdir=args.workdir, step=args.step, test_size=len(y),
             k_samples=[args.k_samples or cfg.eval.k_samples for _, cfg, _, _ in models],
+            noise=[cfg.noise if args.noise < 0 else args.noise for _, cfg, _, _ in models],
         )  # fmt: skip
         out = pathlib.Path(args.out)
         plot(rows, [label for label, *_ in models], lowest, full, out.with_suffix(".png"))
