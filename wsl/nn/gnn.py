@@ -249,6 +249,25 @@ def _segment_max0_bwd(n, res, g):
 _segment_max0.defvjp(_segment_max0_fwd, _segment_max0_bwd)
 
 
+def aggregate(m, receivers, n: int, count, names: Sequence[str]) -> dict[str, jax.Array]:
+    """PNA's aggregators `names` (mean, min, max, std, var, sum) of the rows of m (E, d)
+    over the edges into each of n nodes; count (n, 1): in-degree clipped to >= 1. Empty
+    neighbourhoods give 0. (One scatter per statistic: sharing one over [m, m*m] and one
+    over [m, -m] was measured slower, 115-123 vs 128-138 SIREN graphs/s, and +600 MB.)"""
+    aggs = {}
+    if {"mean", "std", "var"} & set(names):
+        mean = jraph.segment_sum(m, receivers, n) / count
+        var = jax.nn.relu(jraph.segment_sum(m * m, receivers, n) / count - mean**2)
+        aggs.update(mean=mean, var=var, std=jnp.sqrt(var + 1e-5))
+    if "max" in names:
+        aggs["max"] = segment_extreme(m, receivers, n, 1.0)
+    if "min" in names:
+        aggs["min"] = segment_extreme(m, receivers, n, -1.0)
+    if "sum" in names:
+        aggs["sum"] = jraph.segment_sum(m, receivers, n)
+    return aggs
+
+
 class Affine(nn.Module):
     """The parameters of a Dense layer (same names and init as nn.Dense), returned
     instead of applied, so that consecutive linear maps can be multiplied first."""
@@ -518,17 +537,7 @@ class PNALayer(nn.Module):
         # wide layers are FLOP-bound: keep their products for the backward pass
         m, pre = map_rows(edge_chunk, self.chunk, (h, *e.rows()), d >= 128)
 
-        aggs = {}
-        if {"mean", "std", "var"} & set(self.aggregators):
-            mean = jraph.segment_sum(m, receivers, n) / count
-            var = jax.nn.relu(jraph.segment_sum(m * m, receivers, n) / count - mean**2)
-            aggs.update(mean=mean, var=var, std=jnp.sqrt(var + 1e-5))
-        if "max" in self.aggregators:
-            aggs["max"] = segment_extreme(m, receivers, n, 1.0)
-        if "min" in self.aggregators:
-            aggs["min"] = segment_extreme(m, receivers, n, -1.0)
-        if "sum" in self.aggregators:
-            aggs["sum"] = jraph.segment_sum(m, receivers, n)
+        aggs = aggregate(m, receivers, n, count, self.aggregators)
         agg = jnp.concatenate([aggs[a] for a in self.aggregators], axis=-1)
         amp = log_deg / self.avg_log_degree
         factor = {"identity": 1.0, "amplification": amp, "attenuation": 1.0 / amp}
