@@ -47,7 +47,8 @@ def main(argv=None) -> None:
     runs = [("neumeta", args.workdir)]
     for item in args.also:
         label, sep, workdir = item.partition("=")
-        if not sep or not label or label in ("width", "trained", "sliced"):
+        taken = {"width", "trained", "sliced", *(name for name, _ in runs)}
+        if not sep or not label or label in taken:
             raise SystemExit(f"error: --also {item!r}: give LABEL=WORKDIR (a new column name)")
         runs.append((label, workdir))
     configs = []
