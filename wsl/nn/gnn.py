@@ -253,7 +253,7 @@ def aggregate(m, receivers, n: int, count, names: Sequence[str]) -> dict[str, ja
     """PNA's aggregators `names` (mean, min, max, std, var, sum) of the rows of m (E, d)
     over the edges into each of n nodes; count (n, 1): in-degree clipped to >= 1. Empty
     neighbourhoods give 0. (One scatter per statistic: sharing one over [m, m*m] and one
-    over [m, -m] was measured slower, 115-123 vs 128-138 SIREN graphs/s, and +600 MB.)"""
+    over [m, -m] was measured slower and heavier in bench_gnn's steps: issue 5's notes.)"""
     aggs = {}
     if {"mean", "std", "var"} & set(names):
         mean = jraph.segment_sum(m, receivers, n) / count
