@@ -9,6 +9,8 @@ and 2,000 test images), `paper` (all 70,000 images, as the DWSNets / NFN sets).
 
 import ml_collections
 
+VARIANTS = ("smoke", "cpu", "paper")
+
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

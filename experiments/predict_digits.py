@@ -15,6 +15,8 @@ from wsl import configs
 
 _base = configs.load_module(pathlib.Path(__file__).with_name("ng_cnn_generalization.py"))
 
+VARIANTS = ("smoke", "paper")
+
 
 def get_config(variant: str = "smoke"):
     if variant not in ("smoke", "paper"):

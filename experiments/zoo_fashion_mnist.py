@@ -9,6 +9,8 @@ from wsl import configs
 
 _base = configs.load_module(pathlib.Path(__file__).with_name("zoo_mnist.py"))
 
+VARIANTS = ("smoke", "cpu", "paper")
+
 
 def get_config(variant: str = "smoke"):
     c = _base.get_config(variant)

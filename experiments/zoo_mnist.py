@@ -22,6 +22,8 @@ HYPER = dict(
     train_fraction=(0.1, 0.25, 0.5, 1.0),
 )
 
+VARIANTS = ("smoke", "cpu", "paper")
+
 
 def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

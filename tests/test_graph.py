@@ -56,23 +56,39 @@ def test_kernels_are_centred_and_residuals_are_identity():
 
 
 @pytest.mark.parametrize("name", list(NETS))
-def test_permutation_is_a_node_relabelling(name):
-    """A hidden-neuron permutation of the weights gives the same graph up to relabelling
-    of hidden nodes: the multiset of (sender, receiver, feature) with nodes identified by
-    their bias and layer is unchanged, and so are the sorted degree-weighted sums."""
+@pytest.mark.parametrize("reverse", [False, True])
+def test_permutation_is_a_node_relabelling(name, reverse):
+    """A hidden-neuron permutation of the weights gives the same graph with its hidden
+    nodes relabelled by that permutation: every edge (sender, receiver, type) of the
+    permuted graph, its ends mapped back to the original nodes, carries exactly the
+    features of that edge in the original graph, and every node keeps its bias."""
     s, w = build(name)
-    g1 = graph.to_graph(s, w)
-    g2 = graph.to_graph(s, symmetry.permute(s, w, jax.random.key(1)))
-    for g in (g1, g2):
-        assert jnp.all(jnp.isfinite(g.edges["weight"]))
-    agg1 = jraph.segment_sum(g1.edges["weight"].sum(1), g1.receivers, int(g1.n_node[0]))
-    agg2 = jraph.segment_sum(g2.edges["weight"].sum(1), g2.receivers, int(g2.n_node[0]))
-    layer = np.asarray(g1.nodes["layer"])
-    for k in np.unique(layer):
-        np.testing.assert_allclose(
-            np.sort(agg1[layer == k]), np.sort(agg2[layer == k]), rtol=1e-5, atol=1e-6
-        )
-    assert not np.allclose(np.asarray(g1.edges["weight"]), np.asarray(g2.edges["weight"]))
+    t = symmetry.random_transform(s, jax.random.key(1))
+    g1 = graph.to_graph(s, w, reverse=reverse)
+    g2 = graph.to_graph(s, symmetry.apply_transform(s, w, t), reverse=reverse)
+    fs = fold.fold_batchnorm(s, w)[0]
+    st = graph.structure(fs, int(np.sqrt(g1.edges["weight"].shape[1])), reverse)
+    old = np.arange(st["n_nodes"])  # node of g2 -> the node of g1 it came from
+    for i, layer in enumerate(fs.layers):
+        if layer.out_group >= 0 and t[layer.out_group] is not None:
+            start = st["offsets"][i + 1]
+            old[start : start + layer.out_features] = start + np.asarray(t[layer.out_group][0])
+    assert not np.array_equal(old, np.arange(st["n_nodes"]))
+    assert np.array_equal(
+        old[st["role"] != graph.ROLE_HIDDEN], np.flatnonzero(st["role"] != graph.ROLE_HIDDEN)
+    )
+
+    def edges(g, relabel):
+        snd, rcv = relabel[np.asarray(g.senders)], relabel[np.asarray(g.receivers)]
+        feats = np.asarray(g.edges["weight"])
+        return {(a, b, c): f for a, b, c, f in zip(snd, rcv, st["type"], feats, strict=True)}
+
+    e1, e2 = edges(g1, np.arange(st["n_nodes"])), edges(g2, old)
+    assert len(e1) == len(g1.senders) and e1.keys() == e2.keys()
+    for k in e1:
+        np.testing.assert_array_equal(e2[k], e1[k])
+    np.testing.assert_array_equal(np.asarray(g2.nodes["bias"]), np.asarray(g1.nodes["bias"])[old])
+    assert not np.array_equal(np.asarray(g1.edges["weight"]), np.asarray(g2.edges["weight"]))
 
 
 def test_batch_and_pad_to_fixed_budget():

@@ -14,14 +14,24 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if not os.environ.get("WSL_DATA_DIR"):
+# WSL_DATA_DIR, else ../shared/data beside the repo (exported for the CLI subprocesses),
+# else wsl's default data dir, as tests/test_images.py.
+DATA_DIR_SET = bool(os.environ.get("WSL_DATA_DIR"))
+if not DATA_DIR_SET and (ROOT.parent / "shared" / "data").is_dir():
     os.environ["WSL_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 
 from wsl.data import images, inr  # noqa: E402
 from wsl.nn.subjects import SIREN  # noqa: E402
 
-if not (pathlib.Path(os.environ["WSL_DATA_DIR"]) / "mnist").is_dir():
-    pytest.skip("offline MNIST not found; set WSL_DATA_DIR", allow_module_level=True)
+MNIST = images.data_dir() / "mnist" / "train-images-idx3-ubyte.gz"
+if not MNIST.is_file() and not DATA_DIR_SET:  # set: fail below, never skip
+    pytest.skip(f"offline MNIST not found ({MNIST}); set WSL_DATA_DIR", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _offline_mnist():
+    if not MNIST.is_file():
+        pytest.fail(f"WSL_DATA_DIR is set but {MNIST} does not exist", pytrace=False)
 
 
 def smoke_config(**kw):
@@ -161,15 +171,13 @@ def test_inr_set_roundtrip(tmp_path, variant, offset):
 
 def test_fit_inrs_resumes_after_sigkill(tmp_path):
     out = tmp_path / "inrs"
+    over = dict(num_train=24, num_test=8, inrs_per_shard=8, steps=20)
     args = [
         sys.executable,
         "scripts/fit_inrs.py",
         "--config=experiments/inr_mnist.py:smoke",
         f"--out={out}",
-        "--config.num_train=24",
-        "--config.num_test=8",
-        "--config.inrs_per_shard=8",
-        "--config.steps=20",
+        *(f"--config.{k}={v}" for k, v in over.items()),
         "--workers=1",
     ]
     p = subprocess.Popen(
@@ -191,3 +199,28 @@ def test_fit_inrs_resumes_after_sigkill(tmp_path):
         assert (out / "shards" / name).stat().st_mtime_ns == mtime
     s = inr.load_inr_set(out)
     assert len(s) == 32 and np.isfinite(s.psnr).all()
+    # every row is the INR of its own image: plan order, labels of the data set
+    d = images.load("mnist")
+    np.testing.assert_array_equal(s.split, np.repeat([0, 1], [24, 8]))
+    np.testing.assert_array_equal(s.image_index, np.r_[0:24, 0:8])
+    np.testing.assert_array_equal(s.label, np.r_[d.train_y[:24], d.test_y[:8]])
+    i = 8 * min(j for j in range(4) if f"shard_{j:05d}.npz" not in done)  # a resumed row
+    img = (d.train_x if s.split[i] == 0 else d.test_x)[s.image_index[i]]
+    target = images.preprocess(img[None], "unit").reshape(784, 1)
+    fit = s.module().apply(s.variables(i), inr.coordinates(28, 28))
+    assert abs(float(inr.psnr(jnp.mean(jnp.square(fit - target)))) - s.psnr[i]) < 0.05
+    # killed + resumed == uninterrupted (the same config fitted in one go, here): bit for
+    # bit, shards and assembled set (each INR depends only on its key and image, and
+    # both runs compile the same programs for the same CPU)
+    ref = tmp_path / "ref"
+    assert inr.generate_inr_set(smoke_config(**over), ref, log=lambda m: None)
+    for j in range(4):
+        name = f"shard_{j:05d}.npz"
+        with np.load(out / "shards" / name) as a, np.load(ref / "shards" / name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for f in a.files:
+                np.testing.assert_array_equal(a[f], b[f], err_msg=f"{name}: {f}")
+    inr.assemble_inr_set(smoke_config(**over), ref)
+    r = inr.load_inr_set(ref)
+    for f in ("flat", "label", "split", "image_index", "psnr"):
+        np.testing.assert_array_equal(getattr(s, f), getattr(r, f), err_msg=f)

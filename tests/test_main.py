@@ -151,17 +151,37 @@ def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
 
 def test_every_experiment_config_loads_in_each_variant():
     """experiments/*.py through wsl.configs (configs that extend another load it the same
-    way): every declared variant builds, and a config with variants refuses an unknown one."""
+    way): every config declares its VARIANTS, each of them builds (as does the default);
+    a variant it does not declare (one of scripts/reproduce.py's, or any other) is refused
+    with an error naming the variant and the ones it accepts."""
+    import ml_collections
+
     from wsl import configs
+
+    def refusal(path, variant):
+        try:
+            configs.load(path, variant)
+        except ValueError as e:
+            return str(e)
+        return None
 
     paths = sorted((ROOT / "experiments").glob("*.py"))
     assert len(paths) > 10
+    missing = [p.name for p in paths if not getattr(configs.load_module(p), "VARIANTS", ())]
+    assert not missing, f"experiments without a module-level VARIANTS: {missing}"
     for path in paths:
-        module = configs.load_module(path)
-        for variant in getattr(module, "VARIANTS", ()):
-            assert configs.load(path, variant) is not None, (path.name, variant)
-        if getattr(module, "VARIANTS", ()):
-            with pytest.raises(ValueError, match="unknown variant"):
-                configs.load(path, "no-such-variant")
+        variants = configs.load_module(path).VARIANTS
+        assert isinstance(variants, tuple) and len(set(variants)) == len(variants), path.name
+        assert all(isinstance(v, str) and v for v in variants), path.name
+        assert isinstance(configs.load(path), ml_collections.ConfigDict), path.name
+        for variant in variants:
+            config = configs.load(path, variant)
+            assert isinstance(config, ml_collections.ConfigDict), (path.name, variant)
+        undeclared = {"smoke", "cpu", "paper", "no-such-variant"} - set(variants)
+        for variant in sorted(undeclared):
+            error = refusal(path, variant)
+            assert error is not None, f"{path.name} builds undeclared variant {variant!r}"
+            assert error.startswith(f"unknown variant {variant!r}"), (path.name, error)
+            assert all(v in error for v in variants), (path.name, error)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         configs.load_module(ROOT / "experiments" / "missing.py")

@@ -3,6 +3,7 @@ zero invariance gap (and MLP does not), the harness learns a property of the wei
 bad configs fail with one clear message."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from wsl.methods import predict
-from wsl.nn import subjects
+from wsl.nn import baselines, subjects
 from wsl.train import loop, parallel
-from wsl.weights import chunk, graph, spec
+from wsl.weights import chunk, graph, spec, symmetry
 
 N = 96
 
@@ -93,15 +94,64 @@ def test_graph_batch_equals_jraph_batch():
 @pytest.mark.parametrize("name", ["StatNN", "DeepSets", "NG-GNN", "NG-T", "MLP"])
 def test_invariance_gap(name):
     """Untrained encoders: the evaluated gap |f(w) - f(pi w)| is ~0 for the invariant
-    ones and clearly not for MLP."""
+    ones and clearly not for MLP, while the predictions differ across networks."""
     d = _data()
-    task, _ = predict.build(_config(name), d, parallel.make_mesh())
+    task, model = predict.build(_config(name), d, parallel.make_mesh())
     state = task.init(jax.random.key(0))
-    gap = task.evaluate(state)["test_invariance_gap"]
+    ev = task.evaluate(state)
+    gap = ev["test_invariance_gap"]
     if name == "MLP":
         assert gap > 1e-3
     else:
         assert gap < 1e-5
+    # ... and not because the input ignores the weights: the test networks' predictions,
+    # rebuilt from their standardised weights through the encoder's input path, are the
+    # harness's (same RMSE) and clearly differ (a constant input would give std 0; the
+    # near-constant untrained DeepSets gives ~2e-3)
+    pred, y = _test_predictions(name, d, model, state.params), d.target[d.splits["test"]]
+    np.testing.assert_allclose(np.sqrt(np.mean((pred - y) ** 2)), ev["test_rmse"], rtol=1e-4)
+    assert pred.std() > 3e-4, (name, pred)
+
+
+def _test_predictions(name, d, model, params):
+    """Sigmoid outputs of `model` on d's test networks, the input built as predict.build
+    does: weights standardised with the training set's statistics, then predict.Inputs (the
+    StatNN statistics standardised with the training networks' too)."""
+    stats = predict.weight_stats(d.weights, d.splits["train"])
+    norm = lambda rows: predict.standardise(predict._take(d.weights, rows), stats)  # noqa: E731
+    kind = predict.ENCODERS[name][1]
+    inputs = predict.Inputs(d.spec, kind, k_max=3, reverse=True, chunk_size=8)
+    if kind == "stats":
+        f = jax.vmap(lambda w: baselines.statnn_features(d.spec, w))(norm(d.splits["train"]))
+        f = np.asarray(f)
+        sd = np.where(f.std(0) > 0, f.std(0), 1.0)
+        inputs = dataclasses.replace(
+            inputs, stats_mean=tuple(f.mean(0).tolist()), stats_std=tuple(sd.tolist())
+        )
+    out = jax.jit(lambda w: model.apply({"params": params}, inputs(w), train=False))(
+        norm(d.splits["test"])
+    )
+    return np.asarray(jax.nn.sigmoid(out[:, 0]))
+
+
+@pytest.mark.parametrize("kind", ["flat", "elements", "graph", "chunks"])
+def test_inputs_do_not_depend_on_jit_or_dict_order(kind):
+    """jit rebuilds dicts with sorted keys; an encoder's input must not change with it
+    (a model trained under jit, applied eagerly, would otherwise see scrambled inputs)."""
+    m = subjects.SmallCNN(features=4)
+    x = jnp.zeros((1, 28, 28, 1))
+    s = spec.spec_from_flax(m, m.init(jax.random.key(0), x), x)
+    rng = np.random.default_rng(0)
+    w = tuple(
+        {r: rng.standard_normal((2, *sh)).astype(np.float32) for r, sh in layer.shapes}
+        for layer in s.layers
+    )
+    backwards = tuple(dict(reversed(list(a.items()))) for a in w)
+    inp = predict.Inputs(s, kind, 3, True, 8)
+    ref = jax.tree.leaves(jax.jit(inp)(w))
+    for out in (inp(w), inp(backwards)):
+        for a, b in zip(jax.tree.leaves(out), ref, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_learns_a_weight_property(tmp_path):
@@ -120,6 +170,81 @@ def test_classification_and_logit_invariance(tmp_path):
     _, final = loop.train(task, cfg, tmp_path)
     assert {"val_accuracy", "test_accuracy", "test_loss"} <= set(final)
     assert np.isfinite(final["test_loss"])
+
+
+def _flat(w):
+    """predict.Inputs' 'flat' input; call it under jit only, as the harness does (jit
+    rebuilds each layer's dict with sorted keys, which orders the concatenation)."""
+    return jnp.concatenate([v.reshape(v.shape[0], -1) for a in w for v in a.values()], 1)
+
+
+def _cross_entropy(logits, y):
+    return float(-jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)))
+
+
+def _step_loss(cfg, d, key):
+    """(loss of one jitted train step from the initial state, state, batch, model)."""
+    task, model = predict.build(cfg, d, parallel.make_mesh())
+    state, batch = task.init(jax.random.key(0)), task.batch(0)
+    _, metrics = jax.jit(task.train_step)(state, batch, key)
+    return float(metrics["loss"]), state, batch, model
+
+
+def test_train_loss_is_the_task_loss_plus_the_logit_invariance_term():
+    """One train step's loss (MLP, classification, no augmentation), recomputed outside the
+    harness with the step's key split (augment, dropout, permutation keys; one permutation
+    key per network) and wsl.weights.symmetry.permute network by network: cross-entropy
+    + w * mean (f(w) - f(pi w))^2. The term is clearly positive for the untrained MLP, and
+    w = 0 leaves the cross-entropy alone."""
+    d, key, w_inv = _data(classification=True), jax.random.key(7), 0.5
+    loss0, _, _, _ = _step_loss(_config("MLP", invariance_weight=0.0), d, key)
+    loss, state, batch, model = _step_loss(_config("MLP", invariance_weight=w_inv), d, key)
+    _, dkey, pkey = jax.random.split(key, 3)
+    x, y = batch["x"], jnp.asarray(batch["y"])
+    keys = jax.random.split(pkey, len(y))
+    permute = jax.jit(functools.partial(symmetry.permute, d.spec))
+    pis = [permute(jax.tree.map(lambda v, i=i: v[i], x), keys[i]) for i in range(len(y))]
+    x_pi = jax.tree.map(lambda *v: jnp.stack(v), *pis)
+    f = jax.jit(
+        lambda w: model.apply(
+            {"params": state.params}, {"flat": _flat(w)}, train=True, rngs={"dropout": dkey}
+        )
+    )
+    out, out_pi = f(x), f(x_pi)
+    task_loss = _cross_entropy(out, y)
+    term = float(jnp.mean((out - out_pi) ** 2))
+    assert term > 1e-2, term
+    np.testing.assert_allclose(loss0, task_loss, rtol=1e-5)
+    np.testing.assert_allclose(loss, task_loss + w_inv * term, rtol=1e-5)
+    np.testing.assert_allclose(loss - loss0, w_inv * term, rtol=1e-3)
+
+
+def test_train_step_augments_the_raw_weights():
+    """augment.noise changes the step's inputs, and the step's loss is the cross-entropy on
+    the raw batch (unstandardised: x sd + mean of the training set, recomputed here)
+    augmented by predict.augment with the step's augment key, then standardised again.
+    Weights x 5 + 3, so the standardisation is far from the identity."""
+    d = _data(classification=True)
+    d = dataclasses.replace(d, weights=jax.tree.map(lambda a: 5.0 * a + 3.0, d.weights))
+    key = jax.random.key(7)
+    noisy, state, batch, model = _step_loss(_config("MLP", **{"augment.noise": 0.5}), d, key)
+    rows = d.splits["train"]
+    stats = [{k: (v[rows].mean(), v[rows].std()) for k, v in a.items()} for a in d.weights]
+    x = batch["x"]
+    raw = tuple({k: v * stats[i][k][1] + stats[i][k][0] for k, v in a.items()}
+                for i, a in enumerate(x))  # fmt: skip
+    akey = jax.random.split(key, 3)[0]
+    aug = predict.augment(d.spec, raw, akey, {"noise": 0.5})
+    x_aug = tuple({k: (v - stats[i][k][0]) / stats[i][k][1] for k, v in a.items()}
+                  for i, a in enumerate(aug))  # fmt: skip
+    diff = jax.tree.map(lambda a, b: np.abs(a - b).mean(), x_aug, x)  # (dict orders differ)
+    change = np.mean(jax.tree.leaves(diff))
+    assert 0.2 < change < 0.5, change  # E|N(0, 0.5)| = 0.4: noise 0.5 x own spread (~1)
+    f = jax.jit(lambda w: model.apply({"params": state.params}, {"flat": _flat(w)}, train=True))
+    y = jnp.asarray(batch["y"])
+    plain = _cross_entropy(f(x), y)  # the step's loss without augmentation (test above)
+    np.testing.assert_allclose(noisy, _cross_entropy(f(x_aug), y), rtol=1e-4)
+    assert abs(noisy - plain) > 1e-2, (noisy, plain)
 
 
 def test_invariance_weight_defaults_to_the_encoders_own():

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from wsl.data import images, pretrained
+from wsl.data import images, pretrained, published
 
 
 def _shared_root() -> pathlib.Path:
@@ -187,6 +187,11 @@ def test_synthetic_roundtrip(tmp_path, fake_torch):
     obj = pretrained.load_torch_legacy(path)
     sd = obj["state_dict"]
     assert isinstance(sd, collections.OrderedDict) and obj["best_prec1"] == 12.5
+    # the general reader (zip or legacy) falls back to this one for legacy files
+    via = published.load_torch(path)["state_dict"]
+    assert list(via) == list(sd)
+    for key in sd:
+        np.testing.assert_array_equal(via[key], sd[key])
     np.testing.assert_array_equal(sd["module.w"], w.reshape(2, 3, 4))
     np.testing.assert_array_equal(sd["module.wT"], w.reshape(6, 4).T)
     np.testing.assert_array_equal(sd["module.tail"], w[20:])

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +63,17 @@ def test_table_runs_collects_and_writes_results(tmp_path, reproduce):
         "wall_s",
     ]
     assert record["table"] == "tiny" and record["variant"] == "smoke"
+    run_dir = tmp_path / "runs" / "tiny" / "SmallCNN-digits" / "smoke"
     (row,) = record["rows"]
     assert set(row) == {"method", "dataset", "metric", "mean", "std", "n_seeds"}
     assert row["n_seeds"] == 2 and 0.0 <= row["mean"] <= 1.0 and row["std"] >= 0.0
+    # the row aggregates the seeds' own results: numpy's mean and (population) std of them
+    values = [
+        json.loads((run_dir / f"seed{s}" / "results.json").read_text())["test_accuracy"]
+        for s in (0, 1)
+    ]
+    assert row["mean"] == pytest.approx(np.mean(values), rel=1e-12, abs=1e-12)
+    assert row["std"] == pytest.approx(np.std(values), rel=1e-12, abs=1e-12)
     assert record["paper"] == [
         {"method": "SmallCNN", "dataset": "digits", "metric": "test_accuracy", "value": 0.9}
     ]
@@ -263,3 +272,18 @@ def test_merge_never_keeps_a_failed_row(tmp_path, reproduce):
     path.write_text(json.dumps(record))
     assert reproduce.main(["--table", "failing", "--methods", "A", "--merge", *dirs]) == 0
     assert [r["method"] for r in json.loads(path.read_text())["rows"]] == ["A"]
+
+
+def test_a_variant_a_config_lacks_is_refused_before_any_run(tmp_path, reproduce, capsys):
+    """A table whose config has no such variant fails at once, naming the config and its
+    variants; `--table all` skips it and runs the others."""
+    args = ["--variant", "cpu", "--runs_dir", str(tmp_path), "--results_dir", str(tmp_path)]
+    assert reproduce.main(["--table", "classify_mnist", *args]) == 1
+    err = capsys.readouterr().err
+    assert "experiments/classify_mnist.py has the variants smoke, paper, not 'cpu'" in err
+    assert not any(tmp_path.iterdir())
+    assert reproduce.missing_variant(reproduce.TABLES["classify_mnist"], "smoke") is None
+    assert reproduce.missing_variant(reproduce.TABLES["ng_cnn_generalization"], "cpu") is None
+    reproduce.TABLES = {"classify_mnist": reproduce.TABLES["classify_mnist"]}
+    assert reproduce.main(["--table", "all", *args]) == 0
+    assert "skipping classify_mnist" in capsys.readouterr().out

@@ -107,10 +107,12 @@ def test_set_blocks_equivariant_invariant_and_ignore_padding(block):
 
 
 def test_sinusoidal():
-    e = sinusoidal(jnp.arange(5), 7)
-    assert e.shape == (5, 7)
-    close(e[0, :3], jnp.zeros(3))
-    close(e[0, 3:6], jnp.ones(3))
+    """[sin(p f_i), cos(p f_i), 0-pad] with f_i = 10000^(-i / half) (Vaswani et al.)."""
+    pos = np.array([0, 1, 2, 7, 40])
+    e = np.asarray(sinusoidal(jnp.asarray(pos), 7))
+    ang = pos[:, None] * 10000.0 ** (-np.arange(3) / 3)
+    expected = np.concatenate([np.sin(ang), np.cos(ang), np.zeros((5, 1))], axis=1)
+    np.testing.assert_allclose(e, expected, rtol=1e-5, atol=1e-5)
 
 
 # ---- the SNE encoder ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from ml_collections import ConfigDict, config_flags
 from wsl import configs
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "experiments/NAME.py[:variant] (variants: smoke, paper)"
+    "config", None, "experiments/NAME.py[:variant] (smoke, cpu or paper: each config's VARIANTS)"
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics, results")
 FLAGS = flags.FLAGS

@@ -331,7 +331,9 @@ class Inputs:
     def __call__(self, weights) -> dict:
         spec = self.spec
         if self.kind == "flat":
-            flat = [v.reshape(v.shape[0], -1) for a in weights for v in a.values()]
+            # each layer's arrays in sorted role order, the order jit gives dicts, so that
+            # jitted and eager calls (and canonical dicts in any key order) agree
+            flat = [a[r].reshape(a[r].shape[0], -1) for a in weights for r in sorted(a)]
             return {"flat": jnp.concatenate(flat, axis=1)}
         if self.kind == "stats":
             s = jax.vmap(lambda w: baselines.statnn_features(spec, w))(weights)

@@ -30,8 +30,9 @@ Input encodings (`GraphInput`, as the reference's graph constructor):
 
 PNA layer (x_i: receiver, x_j: sender, e_ij: edge): m_ij = s_ij * (W [x_i, x_j] + b) + t_ij
 with (s_ij, t_ij) = Linear(e_ij) (FiLM); aggregators mean / min / max / std over incoming
-edges (empty neighbourhoods give 0); degree scalers identity / amplification
-log(d + 1) / delta / attenuation delta / log(d + 1), where delta = `avg_log_degree` is a
+edges (std = sqrt(var + 1e-5); empty neighbourhoods give 0, std sqrt(1e-5)); degree
+scalers identity / amplification log(d + 1) / delta / attenuation delta / log(d + 1) with
+d clipped to >= 1, where delta = `avg_log_degree` is a
 constant of the training set (`average_log_degree`); x_i <- Linear(Linear([x_i, aggs])).
 Between layers: LayerNorm (`norm`: over each node's channels by default; over each graph,
 or over the whole batch as the reference's PyG call does: `NodeNorm`), SiLU, dropout, then
@@ -252,8 +253,9 @@ _segment_max0.defvjp(_segment_max0_fwd, _segment_max0_bwd)
 def aggregate(m, receivers, n: int, count, names: Sequence[str]) -> dict[str, jax.Array]:
     """PNA's aggregators `names` (mean, min, max, std, var, sum) of the rows of m (E, d)
     over the edges into each of n nodes; count (n, 1): in-degree clipped to >= 1. Empty
-    neighbourhoods give 0. (One scatter per statistic: sharing one over [m, m*m] and one
-    over [m, -m] was measured slower and heavier in bench_gnn's steps: issue 5's notes.)"""
+    neighbourhoods give 0, but std = sqrt(var + 1e-5) (PyG's), sqrt(1e-5) there. (One
+    scatter per statistic: sharing one over [m, m*m] and one over [m, -m] was measured
+    slower and heavier in bench_gnn's steps: issue 5's notes.)"""
     aggs = {}
     if {"mean", "std", "var"} & set(names):
         mean = jraph.segment_sum(m, receivers, n) / count
