@@ -22,20 +22,9 @@ IDX_NAMES = (
 )
 
 
-def _shared_root() -> pathlib.Path:
-    """WSL_DATA_DIR, else ../shared/data beside the repo, else the default data dir."""
-    if os.environ.get("WSL_DATA_DIR"):
-        return images.data_dir()
-    beside = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    return beside if beside.is_dir() else images.data_dir()
-
-
 @pytest.fixture(scope="module")
-def root():
-    root = _shared_root()
-    if not (root / "mnist" / IDX_NAMES[0]).is_file() and not os.environ.get("WSL_DATA_DIR"):
-        pytest.skip(f"offline data not found in {root}; set WSL_DATA_DIR")
-    return root
+def root(offline):
+    return offline(f"mnist/{IDX_NAMES[0]}").parents[1]
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
 """INR sets: the SIREN variant, batched fitting, resumable generation, loading."""
 
-import os
 import pathlib
 import signal
 import subprocess
@@ -13,25 +12,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from wsl.data import images, inr
+from wsl.nn.subjects import SIREN
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# WSL_DATA_DIR, else ../shared/data beside the repo (exported for the CLI subprocesses),
-# else wsl's default data dir, as tests/test_images.py.
-DATA_DIR_SET = bool(os.environ.get("WSL_DATA_DIR"))
-if not DATA_DIR_SET and (ROOT.parent / "shared" / "data").is_dir():
-    os.environ["WSL_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
-
-from wsl.data import images, inr  # noqa: E402
-from wsl.nn.subjects import SIREN  # noqa: E402
-
-MNIST = images.data_dir() / "mnist" / "train-images-idx3-ubyte.gz"
-if not MNIST.is_file() and not DATA_DIR_SET:  # set: fail below, never skip
-    pytest.skip(f"offline MNIST not found ({MNIST}); set WSL_DATA_DIR", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _offline_mnist():
-    if not MNIST.is_file():
-        pytest.fail(f"WSL_DATA_DIR is set but {MNIST} does not exist", pytrace=False)
+def _offline_mnist(offline):
+    offline("mnist/train-images-idx3-ubyte.gz")
 
 
 def smoke_config(**kw):

@@ -2,8 +2,6 @@
 
 import collections
 import io
-import os
-import pathlib
 import pickle
 import sys
 import types
@@ -14,20 +12,9 @@ import pytest
 from wsl.data import images, pretrained, published
 
 
-def _shared_root() -> pathlib.Path:
-    """WSL_DATA_DIR, else ../shared/data beside the repo, else the default data dir."""
-    if os.environ.get("WSL_DATA_DIR"):
-        return images.data_dir()
-    beside = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    return beside if beside.is_dir() else images.data_dir()
-
-
 @pytest.fixture(scope="module")
-def root():
-    root = _shared_root()
-    if not (root / "resnet-cifar10").is_dir() and not os.environ.get("WSL_DATA_DIR"):
-        pytest.skip(f"offline data not found in {root}; set WSL_DATA_DIR")
-    return root
+def root(offline):
+    return offline("resnet-cifar10").parent
 
 
 # ------------------------------------------------------------------- real checkpoints
