@@ -172,12 +172,6 @@ def test_classification_and_logit_invariance(tmp_path):
     assert np.isfinite(final["test_loss"])
 
 
-def _flat(w):
-    """predict.Inputs' 'flat' input; call it under jit only, as the harness does (jit
-    rebuilds each layer's dict with sorted keys, which orders the concatenation)."""
-    return jnp.concatenate([v.reshape(v.shape[0], -1) for a in w for v in a.values()], 1)
-
-
 def _cross_entropy(logits, y):
     return float(-jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)))
 
@@ -207,7 +201,10 @@ def test_train_loss_is_the_task_loss_plus_the_logit_invariance_term():
     x_pi = jax.tree.map(lambda *v: jnp.stack(v), *pis)
     f = jax.jit(
         lambda w: model.apply(
-            {"params": state.params}, {"flat": _flat(w)}, train=True, rngs={"dropout": dkey}
+            {"params": state.params},
+            predict.Inputs(d.spec, "flat", 3, True, 8)(w),
+            train=True,
+            rngs={"dropout": dkey},
         )
     )
     out, out_pi = f(x), f(x_pi)
@@ -240,7 +237,11 @@ def test_train_step_augments_the_raw_weights():
     diff = jax.tree.map(lambda a, b: np.abs(a - b).mean(), x_aug, x)  # (dict orders differ)
     change = np.mean(jax.tree.leaves(diff))
     assert 0.2 < change < 0.5, change  # E|N(0, 0.5)| = 0.4: noise 0.5 x own spread (~1)
-    f = jax.jit(lambda w: model.apply({"params": state.params}, {"flat": _flat(w)}, train=True))
+    f = jax.jit(
+        lambda w: model.apply(
+            {"params": state.params}, predict.Inputs(d.spec, "flat", 3, True, 8)(w), train=True
+        )
+    )
     y = jnp.asarray(batch["y"])
     plain = _cross_entropy(f(x), y)  # the step's loss without augmentation (test above)
     np.testing.assert_allclose(noisy, _cross_entropy(f(x_aug), y), rtol=1e-4)
