@@ -67,7 +67,7 @@ def test_permutation_is_a_node_relabelling(name, reverse):
     g1 = graph.to_graph(s, w, reverse=reverse)
     g2 = graph.to_graph(s, symmetry.apply_transform(s, w, t), reverse=reverse)
     fs = fold.fold_batchnorm(s, w)[0]
-    st = graph.structure(fs, int(np.sqrt(g1.edges["weight"].shape[1])), reverse)
+    st = graph.structure(fs, None, reverse)  # to_graph's
     old = np.arange(st["n_nodes"])  # node of g2 -> the node of g1 it came from
     for i, layer in enumerate(fs.layers):
         if layer.out_group >= 0 and t[layer.out_group] is not None:

@@ -32,8 +32,8 @@ PNA layer (x_i: receiver, x_j: sender, e_ij: edge): m_ij = s_ij * (W [x_i, x_j] 
 with (s_ij, t_ij) = Linear(e_ij) (FiLM); aggregators mean / min / max / std over incoming
 edges (std = sqrt(var + 1e-5); empty neighbourhoods give 0, std sqrt(1e-5)); degree
 scalers identity / amplification log(d + 1) / delta / attenuation delta / log(d + 1) with
-d clipped to >= 1, where delta = `avg_log_degree` is a
-constant of the training set (`average_log_degree`); x_i <- Linear(Linear([x_i, aggs])).
+d clipped to >= 1, where delta = `avg_log_degree` is a constant of the training set
+(`average_log_degree`); x_i <- Linear(Linear([x_i, aggs])).
 Between layers: LayerNorm (`norm`: over each node's channels by default; over each graph,
 or over the whole batch as the reference's PyG call does: `NodeNorm`), SiLU, dropout, then
 the edge update
